@@ -1,0 +1,38 @@
+"""hepfm: event-level foundation models for collider physics.
+
+The public Python API; every CLI command is a thin call into one of these.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._errors import HepfmError, NotLandedError, StoreError, TaskError
+from .hookspecs import hookimpl
+from .schema import Batch, EventBlock, EventSchema, Feature, FeatureStats, Normaliser, compute_globals
+from .store import EventLoader, EventStore, SplitSpec, StoreWriter
+
+try:
+    __version__ = version("hepfm")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0+source"
+
+__all__ = [
+    "__version__",
+    "hookimpl",
+    "HepfmError",
+    "NotLandedError",
+    "StoreError",
+    "TaskError",
+    "Batch",
+    "EventBlock",
+    "EventSchema",
+    "Feature",
+    "FeatureStats",
+    "Normaliser",
+    "compute_globals",
+    "EventLoader",
+    "EventStore",
+    "SplitSpec",
+    "StoreWriter",
+]
