@@ -152,6 +152,12 @@ class EventBlock:
     def __len__(self) -> int:
         return int(self.objects.shape[0])
 
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> EventBlock:
+        """Build from the flat dict ``EventStore.read`` returns (``targets/<name>`` keys)."""
+        targets = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("targets/")}
+        return cls(arrays["objects"], arrays["mask"], arrays["globals"], arrays["weights"], targets)
+
     def take(self, index: np.ndarray | slice) -> EventBlock:
         """Events selected by an index array or slice (a new block)."""
         return EventBlock(

@@ -1,0 +1,108 @@
+"""Benchmarks (``hepfm bench``): figures are ratios and rates from one run, never timed tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ._progress import progress
+from .generate import generate_store
+from .schema import EventBlock
+from .store import EventLoader, EventStore, StoreWriter
+
+__all__ = ["bench_loader", "epoch_peak_rss"]
+
+_RSS_SCRIPT = """
+import json, resource, sys, time
+from hepfm.store import EventLoader
+loader = EventLoader(sys.argv[1], split="all", batch_size=int(sys.argv[2]), num_workers=int(sys.argv[3]))
+n, t = 0, time.perf_counter()
+for batch in loader:
+    n += len(batch)
+dt = time.perf_counter() - t
+own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+print(json.dumps({"events": n, "seconds": dt, "peak_rss_main": own, "peak_rss_worker": kids}))
+"""
+
+
+def epoch_peak_rss(store: str | os.PathLike, batch_size: int = 1024, num_workers: int = 0) -> dict[str, Any]:
+    """Iterate one epoch of a store in a fresh process; its peak RSS (bytes) and events read."""
+    out = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, str(store), str(batch_size), str(num_workers)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HEPFM_PROGRESS": "0"},
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _loader_rate(store: EventStore, workers: int, batch_size: int) -> float:
+    loader = EventLoader(store, split="all", batch_size=batch_size, num_workers=workers)
+    n, t = 0, time.perf_counter()
+    with progress(f"loader, {workers} workers", store.n_events) as advance:
+        for batch in loader:
+            n += len(batch)
+            advance(len(batch))
+    return n / (time.perf_counter() - t)
+
+
+def bench_loader(
+    events: int = 1_000_000,
+    rss_events: int = 2_000_000,
+    workers: tuple[int, ...] = (0, 2),
+    batch_size: int = 1024,
+    directory: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Write, read and memory figures of the event store on ``synthetic`` events.
+
+    Returns:
+        write_events_per_s (pure writer: compression and I/O of in-memory blocks),
+        generate_events_per_s (toy generator plus writer), bytes_per_event,
+        loader_events_per_s {workers: rate}, and the peak RSS of one epoch over a
+        ``rss_events`` store (main process and largest worker).
+    """
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        tmp = Path(tmp)
+        t = time.perf_counter()
+        store = generate_store({"toy_signal": 0.5, "toy_background": 0.5}, events, tmp / "bench.zarr", seed=1)
+        generate_rate = events / (time.perf_counter() - t)
+
+        blocks = [EventBlock.from_arrays(store.read(a, a + 4096)) for a in range(0, min(events, 8 * 4096), 4096)]
+        writer = StoreWriter(tmp / "write.zarr", store.schema, targets=store.targets, processes=store.processes)
+        t = time.perf_counter()
+        written = 0
+        while written < events:
+            block = blocks[(written // 4096) % len(blocks)]
+            writer.append(block)
+            written += len(block)
+        writer.close()
+        write_rate = written / (time.perf_counter() - t)
+
+        rates = {w: _loader_rate(store, w, batch_size) for w in workers}
+        result: dict[str, Any] = {
+            "events": events,
+            "write_events_per_s": write_rate,
+            "generate_events_per_s": generate_rate,
+            "bytes_per_event": store.bytes_on_disk() / store.n_events,
+            "loader_events_per_s": rates,
+        }
+        if rss_events:
+            big = tmp / "rss.zarr"
+            if rss_events == events:
+                big = store.path
+            else:
+                generate_store({"toy_signal": 0.5, "toy_background": 0.5}, rss_events, big, seed=2)
+            rss = epoch_peak_rss(big, batch_size, 0)
+            rss2 = epoch_peak_rss(big, batch_size, 2)
+            result["rss_events"] = rss_events
+            result["peak_rss_bytes"] = {"workers=0": rss["peak_rss_main"], "workers=2 main": rss2["peak_rss_main"],
+                                        "workers=2 worker": rss2["peak_rss_worker"]}
+        return result

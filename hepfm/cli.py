@@ -1,0 +1,324 @@
+"""The ``hepfm`` command line: each command parses, logs what it resolved, and calls the library."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from . import __version__, plugins
+from ._errors import HepfmError, NotLandedError
+from ._progress import console, err_console
+
+app = typer.Typer(
+    name="hepfm",
+    help="Event-level foundation models for collider physics.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a task key, e.g. train.max_steps=30")]
+
+
+def _command(fn):
+    """Turn a ``HepfmError`` into one red line on stderr and its exit status; no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except HepfmError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
+def command(*args, **kwargs):
+    """``app.command`` with the one-line error handling of ``_command``."""
+
+    def decorate(fn):
+        return app.command(*args, **kwargs)(_command(fn))
+
+    return decorate
+
+
+def _not_landed(what: str, issue: int) -> None:
+    raise NotLandedError(f"`hepfm {what}` is not available in hepfm {__version__} yet (it lands with issue #{issue})")
+
+
+# --------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------
+@command()
+def generate(
+    processes: Annotated[list[str], typer.Argument(help="PROCESS[=FRACTION]..., e.g. toy_signal=0.3 toy_background")],
+    events: Annotated[int, typer.Option("--events", "-n", help="number of events")] = 10_000,
+    out: Annotated[Path, typer.Option("--out", "-o", help="event store to write (*.zarr)")] = Path("data/events.zarr"),
+    seed: Annotated[int, typer.Option(help="master seed; same seed, same bytes")] = 0,
+    workers: Annotated[int, typer.Option(help="worker processes")] = 1,
+    generator: Annotated[str | None, typer.Option(help="generator plugin (default: the one that knows the processes)")] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", help="generator parameter key=value")] = None,
+    chunk_events: Annotated[int, typer.Option(help="events per chunk")] = 4096,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing store")] = False,
+) -> None:
+    """Generate events into a Zarr event store (resumes an interrupted run with the same arguments)."""
+    from .generate import generate_store, parse_processes
+    from .tasks import parse_override
+
+    fractions = parse_processes(processes)
+    params = {}
+    for p in param or []:
+        key, value = parse_override(p)
+        params[".".join(key)] = value
+    mix = ", ".join(f"{k}={v:.3g}" for k, v in fractions.items())
+    err_console.print(f"generate {events} events ({mix}) seed={seed} workers={workers} -> {out}", highlight=False)
+    store = generate_store(fractions, events, out, seed=seed, workers=workers, generator=generator,
+                           params=params, chunk_events=chunk_events, overwrite=overwrite)
+    console.print(f"wrote {store.n_events} events to {store.path}", highlight=False)
+
+
+@command()
+def convert(
+    inputs: Annotated[list[str], typer.Argument(help="input files")],
+    format: Annotated[str, typer.Option("--format", help="delphes | parquet | spanet")],
+    out: Annotated[Path, typer.Option("--out", "-o")],
+    map: Annotated[Path | None, typer.Option("--map", help="mapping YAML")] = None,
+) -> None:
+    """Convert foreign files (Delphes ROOT, Parquet, SPANet HDF5) into an event store."""
+    converters = [r.name for r in plugins.datasets() if getattr(r.cls, "kind", None) == "converter"]
+    if format not in converters:
+        _not_landed(f"convert --format {format}", 7)
+
+
+@command()
+def inspect(
+    store: Annotated[Path, typer.Argument(help="event store (*.zarr)")],
+    plots: Annotated[Path | None, typer.Option(help="write feature histograms (PNG) here")] = None,
+    verify: Annotated[bool, typer.Option(help="read every chunk to check integrity")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """Summarise an event store: events, processes, features and their statistics, targets."""
+    from .report import plot_store, summarize_store, verify_store
+
+    if verify:
+        verify_store(store)
+    s = summarize_store(store)
+    if json_out:
+        console.print_json(json.dumps(s))
+    else:
+        _print_summary(s)
+    if plots is not None:
+        files = plot_store(store, plots)
+        console.print(f"wrote {len(files)} plots to {plots}", highlight=False)
+
+
+def _print_summary(s: dict) -> None:
+    head = Table(title=f"{s['path']}", show_header=False, title_justify="left")
+    head.add_row("complete", "yes" if s["complete"] else "NO")
+    head.add_row("events", f"{s['n_events']:,}")
+    head.add_row("chunks", f"{s['n_chunks']} x {s['chunk_events']} events")
+    head.add_row("on disk", f"{s['bytes_on_disk'] / 1e6:.1f} MB ({s['bytes_per_event']:.0f} bytes/event)")
+    head.add_row("splits (default 0.8/0.1/0.1)", ", ".join(f"{k} {v:,}" for k, v in s["splits"].items()))
+    head.add_row("processes", ", ".join(f"{k} {v:,}" for k, v in s["processes"].items()) or "-")
+    head.add_row("targets", ", ".join(f"{k} {v['dtype']}{v['shape']}" for k, v in s["targets"].items()) or "-")
+    prov = s["provenance"]
+    head.add_row("provenance", ", ".join(f"{k}={v}" for k, v in prov.items() if k != "params") or "-")
+    console.print(head)
+    units = {f["name"]: f for part in ("object_features", "global_features") for f in s["schema"][part]}
+    for part in ("objects", "globals"):
+        t = Table(title=f"{part} (over real entries)", title_justify="left")
+        for col in ("feature", "unit", "norm", "count", "min", "max", "mean", "std"):
+            t.add_column(col, justify="right" if col not in ("feature", "unit", "norm") else "left")
+        for name, st in s["stats"][part].items():
+            f = units[name]
+            t.add_row(name, f["unit"], f["norm"], f"{st['count']:,}", f"{st['min']:.4g}", f"{st['max']:.4g}",
+                      f"{st['mean']:.4g}", f"{st['std']:.4g}")
+        console.print(t)
+
+
+# --------------------------------------------------------------------------------------------
+# tasks and plugins
+# --------------------------------------------------------------------------------------------
+@command()
+def validate(
+    tasks: Annotated[list[Path], typer.Argument(help="task YAML files")],
+    set_: SetOpt = None,
+) -> None:
+    """Validate task files; report every problem (file:line: key: message) at once."""
+    from .tasks import validate_files
+
+    report = validate_files(tasks, set_ or [])
+    bad = 0
+    for path, problems in report.items():
+        if problems:
+            bad += 1
+            for p in problems:
+                err_console.print(f"[red]{p}[/]", highlight=False, soft_wrap=True)
+        else:
+            console.print(f"[green]ok[/] {path}", highlight=False)
+    if bad:
+        err_console.print(f"{bad} of {len(report)} task files invalid", highlight=False)
+        raise typer.Exit(1)
+
+
+@command(name="plugins")
+def list_plugins(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List every registered head, dataset and metric and the package that provides it."""
+    regs = plugins.registries()
+    rows = [
+        {"kind": kind, "name": r.name, "description": getattr(r.cls, "description", ""), "plugin": r.plugin, "package": r.package}
+        for kind, reg in regs.items()
+        for r in reg
+    ]
+    if json_out:
+        console.print_json(json.dumps(rows))
+        return
+    t = Table(title="hepfm plugins", title_justify="left")
+    for col in ("kind", "name", "description", "plugin", "package"):
+        t.add_column(col)
+    for row in rows:
+        t.add_row(*(row[c] for c in ("kind", "name", "description", "plugin", "package")))
+    console.print(t)
+
+
+# --------------------------------------------------------------------------------------------
+# training and downstream (contract fixed now; capabilities land with later issues)
+# --------------------------------------------------------------------------------------------
+def _resolve(task: Path, overrides: list[str] | None) -> None:
+    from .tasks import load_task
+
+    resolved = load_task(task, overrides or [])
+    err_console.print(f"resolved task {resolved.name} from {task}", highlight=False)
+
+
+@command()
+def pretrain(
+    task: Annotated[Path, typer.Argument(help="task YAML")] = Path("tasks/pretrain.yaml"),
+    data: Annotated[Path | None, typer.Option(help="event store (overrides dataset.params.path)")] = None,
+    out: Annotated[Path | None, typer.Option(help="run folder")] = None,
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option(help="continue an interrupted run")] = False,
+) -> None:
+    """Pretrain a backbone (self-supervised, then multi-task)."""
+    overrides = list(set_ or []) + ([f"dataset.params.path={data}"] if data else [])
+    _resolve(task, overrides)
+    _not_landed("pretrain", 5)
+
+
+@command()
+def finetune(
+    task: Annotated[Path, typer.Argument(help="task YAML")],
+    init: Annotated[Path | None, typer.Option(help="pretrained run folder")] = None,
+    data: Annotated[Path | None, typer.Option(help="event store (overrides dataset.params.path)")] = None,
+    out: Annotated[Path | None, typer.Option(help="run folder")] = None,
+    fraction: Annotated[float, typer.Option(help="train on this fraction of the training split")] = 1.0,
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option(help="continue an interrupted run")] = False,
+) -> None:
+    """Fine-tune a pretrained backbone with the heads a task names."""
+    overrides = list(set_ or []) + ([f"dataset.params.path={data}"] if data else [])
+    overrides += [f"init.checkpoint={init}"] if init else []
+    _resolve(task, overrides)
+    _not_landed("finetune", 5)
+
+
+@command()
+def embed(
+    run: Annotated[Path, typer.Argument(help="run folder")],
+    data: Annotated[Path, typer.Option(help="event store")],
+    out: Annotated[Path, typer.Option(help="latents store (*.zarr)")],
+    pca: Annotated[int | None, typer.Option(help="keep K principal components")] = None,
+) -> None:
+    """Write frozen per-object and per-event latents to a Zarr store."""
+    _not_landed("embed", 5)
+
+
+@command()
+def probe(
+    latents: Annotated[Path, typer.Argument(help="latents store")],
+    target: Annotated[str, typer.Option(help="target name")],
+) -> None:
+    """Fit a linear probe on frozen latents."""
+    _not_landed("probe", 5)
+
+
+@command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="run folder")],
+    data: Annotated[Path, typer.Option(help="event store")],
+    out: Annotated[Path | None, typer.Option(help="output folder")] = None,
+) -> None:
+    """Evaluate a run with its task's metrics; write metrics.json and plots."""
+    _not_landed("evaluate", 6)
+
+
+@command()
+def study(
+    task: Annotated[Path, typer.Argument(help="task YAML")],
+    pretrained: Annotated[Path, typer.Option(help="pretrained run")],
+    fractions: Annotated[str, typer.Option(help="comma-separated training fractions")] = "1,0.3,0.1,0.03",
+    seeds: Annotated[int, typer.Option(help="seeds per cell")] = 3,
+    out: Annotated[Path, typer.Option(help="study folder")] = Path("runs/study"),
+    set_: SetOpt = None,
+) -> None:
+    """Pretrained vs from-scratch fine-tunes at several training fractions."""
+    _resolve(task, set_)
+    _not_landed("study", 6)
+
+
+@command()
+def bench(
+    kind: Annotated[str, typer.Argument(help="loader | model | train")],
+    events: Annotated[int, typer.Option(help="events in the benchmark store")] = 1_000_000,
+    rss_events: Annotated[int, typer.Option(help="events in the store whose epoch peak RSS is measured (0: skip)")] = 2_000_000,
+    workers: Annotated[str, typer.Option(help="comma-separated loader worker counts")] = "0,2",
+    batch_size: Annotated[int, typer.Option()] = 1024,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the figures here")] = None,
+) -> None:
+    """Measure throughput and memory (loader now; model and train with the model)."""
+    if kind != "loader":
+        if kind in ("model", "train"):
+            _not_landed(f"bench {kind}", 4 if kind == "model" else 5)
+        raise HepfmError(f"unknown benchmark '{kind}'; known: loader, model, train")
+    from .bench import bench_loader
+
+    try:
+        counts = tuple(int(w) for w in workers.split(","))
+    except ValueError:
+        raise HepfmError(f"--workers '{workers}': expected comma-separated integers") from None
+    r = bench_loader(events, rss_events, counts, batch_size)
+    t = Table(title=f"bench loader ({events:,} synthetic events)", title_justify="left")
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    t.add_row("write events/s (writer only)", f"{r['write_events_per_s']:,.0f}")
+    t.add_row("generate+write events/s (synthetic)", f"{r['generate_events_per_s']:,.0f}")
+    t.add_row("bytes per event on disk", f"{r['bytes_per_event']:.1f}")
+    for w, rate in r["loader_events_per_s"].items():
+        t.add_row(f"loader events/s, {w} workers", f"{rate:,.0f}")
+    for k, v in r.get("peak_rss_bytes", {}).items():
+        t.add_row(f"peak RSS, {r['rss_events']:,}-event epoch, {k}", f"{v / 2**20:,.0f} MiB")
+    console.print(t)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(r, indent=2))
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="print the version and exit")] = False,
+) -> None:
+    """hepfm: pretrain once on simulated collisions, fine-tune or probe for many analyses."""
+    if version:
+        console.print(f"hepfm {__version__}")
+        raise typer.Exit()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,203 @@
+"""Make an event store from a generator plugin: process mixtures, worker processes, resumable.
+
+Events are produced in jobs of one chunk each. Job ``j`` holds the process mixture in the requested
+fractions, every process drawn with a seed derived from (seed, j, process), and is shuffled inside,
+so the output is byte-identical for the same seed whatever the number of workers, and a resumed
+run continues exactly where the interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__, plugins
+from ._errors import HepfmError
+from ._progress import progress
+from .schema import EventBlock, EventSchema
+from .store import DEFAULT_CHUNK, EventStore, StoreWriter
+
+__all__ = ["parse_processes", "find_generator", "generate_store", "job_counts"]
+
+
+def parse_processes(specs: list[str]) -> dict[str, float]:
+    """``["a=0.3", "b"]`` -> fractions; unspecified ones share what is left equally."""
+    if not specs:
+        raise HepfmError("give at least one PROCESS[=FRACTION]")
+    fixed: dict[str, float] = {}
+    free: list[str] = []
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        name = name.strip()
+        if not name:
+            raise HepfmError(f"process spec '{spec}': empty process name")
+        if name in fixed or name in free:
+            raise HepfmError(f"process '{name}' is given twice")
+        if not sep:
+            free.append(name)
+            continue
+        try:
+            frac = float(value)
+        except ValueError:
+            raise HepfmError(f"process spec '{spec}': fraction '{value}' is not a number") from None
+        if not 0 < frac <= 1 or not math.isfinite(frac):
+            raise HepfmError(f"process spec '{spec}': fraction must be in (0, 1]")
+        fixed[name] = frac
+    left = 1.0 - sum(fixed.values())
+    if left < -1e-9 or (not free and abs(left) > 1e-6):
+        raise HepfmError(f"process fractions sum to {sum(fixed.values()):g}; they must sum to 1")
+    if free and left <= 1e-9:
+        raise HepfmError(f"processes {free} have no fraction left (the others already sum to 1)")
+    fractions = dict(fixed)
+    fractions.update({name: left / len(free) for name in free})
+    return fractions
+
+
+def find_generator(processes: list[str], name: str | None = None) -> type:
+    """The generator plugin that knows all ``processes`` (or the one named)."""
+    registry = plugins.datasets()
+    generators = [r for r in registry if getattr(r.cls, "kind", None) == "generator"]
+    if name is not None:
+        cls = registry.get(name)
+        if getattr(cls, "kind", None) != "generator":
+            known = ", ".join(r.name for r in generators)
+            raise HepfmError(f"dataset '{name}' is not a generator; generators: {known}")
+        candidates = [cls]
+    else:
+        candidates = [r.cls for r in generators]
+    for cls in candidates:
+        if all(p in cls.processes for p in processes):
+            return cls
+    known = sorted({p for cls in candidates for p in cls.processes})
+    unknown = [p for p in processes if p not in known]
+    if unknown:
+        raise HepfmError(f"unknown process '{unknown[0]}'; known: {', '.join(known)}")
+    raise HepfmError(f"no single generator makes all of {processes}; mix processes of one generator")
+
+
+def job_counts(fractions: list[float], size: int, job: int) -> np.ndarray:
+    """Events per process in one job: largest remainder, ties rotated by job so no process is favoured."""
+    raw = np.asarray(fractions) * size
+    counts = np.floor(raw).astype(int)
+    short = size - counts.sum()
+    k = len(fractions)
+    order = sorted(range(k), key=lambda i: (-(raw[i] - counts[i]), (i - job) % k))
+    for i in order[:short]:
+        counts[i] += 1
+    return counts
+
+
+# worker state: one generator instance per process (Pythia initialisation is expensive)
+_STATE: dict[str, Any] = {}
+
+
+def _init_worker(cls: type, params: dict[str, Any], schema: dict[str, Any], plan: dict[str, Any]) -> None:
+    schema_obj = EventSchema.model_validate(schema)
+    _STATE["gen"] = cls(cls.Params.model_validate(params), schema_obj)
+    _STATE["plan"] = plan
+
+
+def _run_job(job: int) -> EventBlock:
+    gen, plan = _STATE["gen"], _STATE["plan"]
+    size = min(plan["chunk"], plan["n_events"] - job * plan["chunk"])
+    counts = job_counts(plan["fractions"], size, job)
+    blocks = []
+    for label, (process, count) in enumerate(zip(plan["processes"], counts, strict=True)):
+        if count == 0:
+            continue
+        seed = int(np.random.SeedSequence([plan["seed"], job, label]).generate_state(1)[0])
+        block = gen.generate(process, int(count), seed)
+        block.targets["process"] = np.full(int(count), plan["labels"][process], np.int32)
+        blocks.append(block)
+    block = EventBlock.concatenate(blocks)
+    perm = np.random.default_rng([plan["seed"], job, 2**31 - 1]).permutation(len(block))
+    return block.take(perm)
+
+
+def generate_store(
+    processes: dict[str, float],
+    n_events: int,
+    out: str | os.PathLike,
+    seed: int = 0,
+    workers: int = 1,
+    generator: str | None = None,
+    params: dict[str, Any] | None = None,
+    schema: EventSchema | None = None,
+    chunk_events: int = DEFAULT_CHUNK,
+    overwrite: bool = False,
+) -> EventStore:
+    """Generate a process mixture into a new event store, or resume an interrupted one.
+
+    Args:
+        processes: Process name -> fraction (see ``parse_processes``).
+        n_events: Total events.
+        out: Store path.
+        seed: Master seed; the same seed gives byte-identical stores.
+        workers: Worker processes (each with its own generator instance).
+        generator: Generator plugin name (default: the one that knows the processes).
+        params: The generator's parameters (validated by its ``Params``).
+        schema: Event schema (default EveNet's).
+        chunk_events: Events per chunk and per job.
+        overwrite: Replace an existing store.
+
+    Returns:
+        The complete store, opened for reading.
+    """
+    if n_events < 1:
+        raise HepfmError(f"--events must be positive, got {n_events}")
+    if workers < 1:
+        raise HepfmError(f"--workers must be positive, got {workers}")
+    schema = schema or EventSchema()
+    names = list(processes)
+    cls = find_generator(names, generator)
+    try:
+        gen_params = cls.Params.model_validate(params or {})
+    except Exception as exc:
+        raise HepfmError(f"generator '{cls.name}' params: {exc}".splitlines()[0]) from None
+    probe = cls(gen_params, schema)
+    targets = {"process": {"dtype": "int32", "shape": []}, **probe.targets()}
+    labels = {p: i for i, p in enumerate(names)}
+    plan = {
+        "processes": names,
+        "fractions": [processes[p] for p in names],
+        "labels": labels,
+        "seed": int(seed),
+        "n_events": int(n_events),
+        "chunk": int(chunk_events),
+    }
+    provenance = {
+        "generator": cls.name,
+        "params": gen_params.model_dump(mode="json"),
+        "processes": dict(zip(names, plan["fractions"], strict=True)),
+        "seed": int(seed),
+        "n_events_requested": int(n_events),
+        "hepfm_version": __version__,
+    }
+    writer = StoreWriter(
+        Path(out), schema, targets=targets, processes=names, chunk_events=chunk_events,
+        provenance=provenance, overwrite=overwrite,
+    )
+    n_jobs = math.ceil(n_events / chunk_events)
+    first = writer.n_events // chunk_events
+    init_args = (cls, gen_params.model_dump(mode="json"), schema.model_dump(mode="json"), plan)
+    with progress(f"generate {cls.name}", n_events) as advance:
+        advance(writer.n_events)
+        jobs = range(first, n_jobs)
+        if workers == 1 or len(jobs) <= 1:
+            _init_worker(*init_args)
+            for job in jobs:
+                block = _run_job(job)
+                writer.append(block)
+                advance(len(block))
+        else:
+            ctx = mp.get_context("fork")
+            with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=init_args) as pool:
+                for block in pool.imap(_run_job, jobs):
+                    writer.append(block)
+                    advance(len(block))
+    return writer.close()

@@ -1,0 +1,282 @@
+"""Declarative task files: a pydantic schema, ``--set`` overrides, and errors that name file, key and line.
+
+A task names its components (dataset, heads, metrics) by registered plugin name; each component
+validates its own ``params`` with its own pydantic model. ``load_task`` collects *every* problem
+in a file before failing, so one ``hepfm validate`` run shows them all.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from . import plugins
+from ._errors import TaskError
+from .store import SplitSpec
+
+__all__ = [
+    "Component",
+    "HeadSpec",
+    "InitSpec",
+    "ModelSpec",
+    "TrainSpec",
+    "Task",
+    "load_task",
+    "validate_files",
+    "apply_overrides",
+    "parse_override",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Component(_Strict):
+    """A plugin referenced by registered name, with its own parameters."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class HeadSpec(Component):
+    """A head and the weight of its loss in the total."""
+
+    weight: float = Field(1.0, ge=0)
+
+
+class InitSpec(_Strict):
+    """Where a fine-tune starts from."""
+
+    checkpoint: str
+    skip_mismatched: bool = True
+    freeze_backbone: bool = False
+
+
+class ModelSpec(_Strict):
+    """Backbone size: a preset, optionally with explicit sizes overriding it."""
+
+    preset: Literal["tiny", "small", "lite", "standard"] = "small"
+    dim: int | None = Field(None, ge=8)
+    depth: int | None = Field(None, ge=1)
+    num_heads: int | None = Field(None, ge=1)
+    k_neighbours: int | None = Field(None, ge=1)
+    feature_dropout: float | None = Field(None, ge=0, lt=1)
+
+
+class TrainSpec(_Strict):
+    """Optimisation and run settings."""
+
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(512, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    backbone_lr_scale: float = Field(1.0, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup: float = Field(0.05, ge=0, lt=1, description="fraction of the steps spent warming up")
+    grad_clip: float | None = Field(1.0, gt=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    engine: Literal["local", "deepspeed"] = "local"
+    zero_stage: int = Field(0, ge=0, le=3)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    seed: int = 0
+    val_every: int = Field(200, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+
+class Task(_Strict):
+    """A whole task file."""
+
+    name: str
+    description: str = ""
+    dataset: Component
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    init: InitSpec | None = None
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    heads: dict[str, HeadSpec] = Field(default_factory=dict)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    metrics: list[Component] = Field(default_factory=list)
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _names_as_components(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    def to_yaml(self) -> str:
+        """The resolved task (defaults filled in) as YAML."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------
+# YAML with line numbers
+# --------------------------------------------------------------------------------------------
+def _key_lines(node: yaml.Node, prefix: tuple = (), out: dict | None = None) -> dict[tuple, int]:
+    """Map every key path in a composed YAML document to its 1-based line."""
+    out = {} if out is None else out
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            path = (*prefix, key.value)
+            out[path] = key.start_mark.line + 1
+            _key_lines(value, path, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, value in enumerate(node.value):
+            out[(*prefix, i)] = value.start_mark.line + 1
+            _key_lines(value, (*prefix, i), out)
+    return out
+
+
+def _line_of(lines: dict[tuple, int], loc: tuple) -> int | None:
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return None
+
+
+def _dotted(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=3e-4"`` -> (["train", "lr"], 0.0003); the value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise TaskError([f"--set {text}: expected key=value, e.g. train.max_steps=30"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return [p for p in key.strip().split(".")], value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted keys in a raw task mapping (before validation, so validation covers them)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part) if isinstance(node, dict) else None
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise TaskError([f"--set {text}: '{part}' is not a mapping"])
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+# --------------------------------------------------------------------------------------------
+def _component_problems(data: dict[str, Any]) -> list[tuple[tuple, str]]:
+    """Plugin names and each plugin's own params, on the raw mapping (where well-formed enough)."""
+    problems: list[tuple[tuple, str]] = []
+    regs = plugins.registries()
+
+    def check(kind: str, loc: tuple, ref: Any) -> None:
+        if not isinstance(ref, dict) or not isinstance(ref.get("name"), str):
+            return  # structural error, reported by the Task model
+        registry = regs[kind]
+        if ref["name"] not in registry:
+            problems.append(((*loc, "name"), registry.unknown_message(ref["name"])))
+            return
+        cls = registry.get(ref["name"])
+        if kind == "dataset" and getattr(cls, "kind", "store") != "store":
+            stores = ", ".join(r.name for r in registry if getattr(r.cls, "kind", None) == "store")
+            problems.append(
+                ((*loc, "name"), f"dataset '{ref['name']}' is a {cls.kind}, not a store; make a store with "
+                 f"`hepfm generate`/`hepfm convert` and name one of: {stores}")
+            )
+            return
+        params = ref.get("params") or {}
+        if not isinstance(params, dict):
+            return
+        try:
+            cls.Params.model_validate(params)
+        except ValidationError as exc:
+            for err in exc.errors():
+                problems.append(((*loc, "params", *err["loc"]), err["msg"]))
+
+    check("dataset", ("dataset",), data.get("dataset"))
+    heads = data.get("heads")
+    if isinstance(heads, dict):
+        for key, ref in heads.items():
+            check("head", ("heads", key), ref)
+    metrics = data.get("metrics")
+    if isinstance(metrics, list):
+        for i, ref in enumerate(metrics):
+            check("metric", ("metrics", i), {"name": ref} if isinstance(ref, str) else ref)
+    return problems
+
+
+def load_task(path: str | os.PathLike, overrides: list[str] | None = None) -> Task:
+    """Read, override and validate a task file; raise ``TaskError`` listing every problem.
+
+    Each problem is one line ``FILE:LINE: KEY: message``. Component ``params`` are validated by
+    the component's own model and come back with defaults filled in.
+    """
+    path = Path(path)
+    where = str(path)
+    if not path.is_file():
+        raise TaskError([f"{where}: no such task file"])
+    try:
+        text = path.read_text()
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise TaskError([f"{where}{line}: YAML syntax error: {problem}"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TaskError([f"{where}: cannot read ({exc})"]) from None
+    if not isinstance(data, dict):
+        raise TaskError([f"{where}: a task file must be a mapping of keys (name, dataset, heads, ...)"])
+    lines = _key_lines(node) if node is not None else {}
+    override_paths = {tuple(parse_override(o)[0]) for o in overrides or []}
+    data = apply_overrides(data, list(overrides or []))
+
+    problems: list[tuple[tuple, str]] = []
+    try:
+        Task.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            problems.append((tuple(err["loc"]), err["msg"]))
+    problems += _component_problems(data)
+    if problems:
+        formatted, seen = [], set()
+        for loc, msg in problems:
+            key = _dotted(loc)
+            if (key, msg) in seen:
+                continue
+            seen.add((key, msg))
+            from_set = any(loc[: len(p)] == p for p in override_paths)
+            line = _line_of(lines, loc)
+            origin = f"{where} (--set)" if from_set else f"{where}:{line}" if line else where
+            formatted.append(f"{origin}: {key}: {msg}")
+        raise TaskError(formatted)
+    task = Task.model_validate(data)
+    regs = plugins.registries()
+    task.dataset.params = regs["dataset"].get(task.dataset.name).Params.model_validate(task.dataset.params).model_dump(mode="json")
+    for spec in task.heads.values():
+        spec.params = regs["head"].get(spec.name).Params.model_validate(spec.params).model_dump(mode="json")
+    for spec in task.metrics:
+        spec.params = regs["metric"].get(spec.name).Params.model_validate(spec.params).model_dump(mode="json")
+    return task
+
+
+def validate_files(paths: list[str | os.PathLike], overrides: list[str] | None = None) -> dict[str, list[str]]:
+    """Validate several task files; return file -> its problems (empty list when valid)."""
+    report: dict[str, list[str]] = {}
+    for path in paths:
+        try:
+            load_task(path, overrides)
+            report[str(path)] = []
+        except TaskError as exc:
+            report[str(path)] = exc.problems
+    return report
