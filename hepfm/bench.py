@@ -19,16 +19,26 @@ from .store import EventLoader, EventStore, StoreWriter
 __all__ = ["bench_loader", "epoch_peak_rss"]
 
 _RSS_SCRIPT = """
-import json, resource, sys, time
+import json, sys, time
+import psutil
 from hepfm.store import EventLoader
+
+def hwm(pid):  # peak RSS of the process's own address space (VmHWM; ru_maxrss would carry the parent's over exec)
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM"))
+    except (OSError, StopIteration):
+        return 0
+
+me = psutil.Process()
 loader = EventLoader(sys.argv[1], split="all", batch_size=int(sys.argv[2]), num_workers=int(sys.argv[3]))
-n, t = 0, time.perf_counter()
+n, t, worker_peak = 0, time.perf_counter(), 0
 for batch in loader:
     n += len(batch)
+    for child in me.children():
+        worker_peak = max(worker_peak, hwm(child.pid))
 dt = time.perf_counter() - t
-own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-print(json.dumps({"events": n, "seconds": dt, "peak_rss_main": own, "peak_rss_worker": kids}))
+print(json.dumps({"events": n, "seconds": dt, "peak_rss_main": hwm(me.pid), "peak_rss_worker": worker_peak}))
 """
 
 
