@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["HepfmError", "StoreError", "TaskError", "NotLandedError"]
+__all__ = ["HepfmError", "StoreError", "TaskError", "NotLandedError", "describe_validation_error"]
 
 
 class HepfmError(Exception):
@@ -39,3 +39,11 @@ class NotLandedError(HepfmError):
     """A command whose capability is not part of this release yet."""
 
     exit_code = 2
+
+
+def describe_validation_error(exc: Exception) -> str:
+    """A pydantic ``ValidationError`` as ``key: message; key: message`` on one line."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc).splitlines()[0]
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(value)'}: {e['msg']}" for e in errors())

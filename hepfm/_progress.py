@@ -21,8 +21,8 @@ from rich.text import Text
 
 __all__ = ["progress", "console", "err_console"]
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 class _RateColumn(ProgressColumn):

@@ -113,6 +113,9 @@ def bench_loader(
             rss = epoch_peak_rss(big, batch_size, 0)
             rss2 = epoch_peak_rss(big, batch_size, 2)
             result["rss_events"] = rss_events
-            result["peak_rss_bytes"] = {"workers=0": rss["peak_rss_main"], "workers=2 main": rss2["peak_rss_main"],
-                                        "workers=2 worker": rss2["peak_rss_worker"]}
+            result["peak_rss_bytes"] = {
+                "workers=0": rss["peak_rss_main"],
+                "workers=2 main": rss2["peak_rss_main"],
+                "workers=2 worker": rss2["peak_rss_worker"],
+            }
         return result

@@ -62,24 +62,34 @@ def generate(
     out: Annotated[Path, typer.Option("--out", "-o", help="event store to write (*.zarr)")] = Path("data/events.zarr"),
     seed: Annotated[int, typer.Option(help="master seed; same seed, same bytes")] = 0,
     workers: Annotated[int, typer.Option(help="worker processes")] = 1,
-    generator: Annotated[str | None, typer.Option(help="generator plugin (default: the one that knows the processes)")] = None,
+    generator: Annotated[
+        str | None, typer.Option(help="generator plugin (default: the one that knows the processes)")
+    ] = None,
     param: Annotated[list[str] | None, typer.Option("--param", help="generator parameter key=value")] = None,
     chunk_events: Annotated[int, typer.Option(help="events per chunk")] = 4096,
     overwrite: Annotated[bool, typer.Option(help="replace an existing store")] = False,
 ) -> None:
     """Generate events into a Zarr event store (resumes an interrupted run with the same arguments)."""
-    from .generate import generate_store, parse_processes
+    from .generate import parse_processes, plan_generation, run_generation
     from .tasks import parse_override
 
-    fractions = parse_processes(processes)
     params = {}
     for p in param or []:
         key, value = parse_override(p)
         params[".".join(key)] = value
-    mix = ", ".join(f"{k}={v:.3g}" for k, v in fractions.items())
-    err_console.print(f"generate {events} events ({mix}) seed={seed} workers={workers} -> {out}", highlight=False)
-    store = generate_store(fractions, events, out, seed=seed, workers=workers, generator=generator,
-                           params=params, chunk_events=chunk_events, overwrite=overwrite)
+    plan = plan_generation(
+        parse_processes(processes),
+        events,
+        out,
+        seed=seed,
+        workers=workers,
+        generator=generator,
+        params=params,
+        chunk_events=chunk_events,
+        overwrite=overwrite,
+    )
+    err_console.print(plan.describe(), highlight=False)
+    store = run_generation(plan)
     console.print(f"wrote {store.n_events} events to {store.path}", highlight=False)
 
 
@@ -137,8 +147,16 @@ def _print_summary(s: dict) -> None:
             t.add_column(col, justify="right" if col not in ("feature", "unit", "norm") else "left")
         for name, st in s["stats"][part].items():
             f = units[name]
-            t.add_row(name, f["unit"], f["norm"], f"{st['count']:,}", f"{st['min']:.4g}", f"{st['max']:.4g}",
-                      f"{st['mean']:.4g}", f"{st['std']:.4g}")
+            t.add_row(
+                name,
+                f["unit"],
+                f["norm"],
+                f"{st['count']:,}",
+                f"{st['min']:.4g}",
+                f"{st['max']:.4g}",
+                f"{st['mean']:.4g}",
+                f"{st['std']:.4g}",
+            )
         console.print(t)
 
 
@@ -163,7 +181,8 @@ def validate(
         else:
             console.print(f"[green]ok[/] {path}", highlight=False)
     if bad:
-        err_console.print(f"{bad} of {len(report)} task files invalid", highlight=False)
+        if len(report) > 1:
+            err_console.print(f"{bad} of {len(report)} task files invalid", highlight=False)
         raise typer.Exit(1)
 
 
@@ -172,7 +191,13 @@ def list_plugins(json_out: Annotated[bool, typer.Option("--json")] = False) -> N
     """List every registered head, dataset and metric and the package that provides it."""
     regs = plugins.registries()
     rows = [
-        {"kind": kind, "name": r.name, "description": getattr(r.cls, "description", ""), "plugin": r.plugin, "package": r.package}
+        {
+            "kind": kind,
+            "name": r.name,
+            "description": getattr(r.cls, "description", ""),
+            "plugin": r.plugin,
+            "package": r.package,
+        }
         for kind, reg in regs.items()
         for r in reg
     ]
@@ -276,7 +301,9 @@ def study(
 def bench(
     kind: Annotated[str, typer.Argument(help="loader | model | train")],
     events: Annotated[int, typer.Option(help="events in the benchmark store")] = 1_000_000,
-    rss_events: Annotated[int, typer.Option(help="events in the store whose epoch peak RSS is measured (0: skip)")] = 2_000_000,
+    rss_events: Annotated[
+        int, typer.Option(help="events in the store whose epoch peak RSS is measured (0: skip)")
+    ] = 2_000_000,
     workers: Annotated[str, typer.Option(help="comma-separated loader worker counts")] = "0,2",
     batch_size: Annotated[int, typer.Option()] = 1024,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the figures here")] = None,

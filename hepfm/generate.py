@@ -11,18 +11,28 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ValidationError
 
 from . import __version__, plugins
-from ._errors import HepfmError
+from ._errors import HepfmError, describe_validation_error
 from ._progress import progress
 from .schema import EventBlock, EventSchema
 from .store import DEFAULT_CHUNK, EventStore, StoreWriter
 
-__all__ = ["parse_processes", "find_generator", "generate_store", "job_counts"]
+__all__ = [
+    "parse_processes",
+    "find_generator",
+    "job_counts",
+    "GenerationPlan",
+    "plan_generation",
+    "run_generation",
+    "generate_store",
+]
 
 
 def parse_processes(specs: list[str]) -> dict[str, float]:
@@ -119,7 +129,31 @@ def _run_job(job: int) -> EventBlock:
     return block.take(perm)
 
 
-def generate_store(
+@dataclass
+class GenerationPlan:
+    """Everything a generation run needs, validated before anything is written."""
+
+    generator: type
+    params: BaseModel
+    schema: EventSchema
+    fractions: dict[str, float]
+    n_events: int
+    out: Path
+    seed: int
+    workers: int
+    chunk_events: int
+    overwrite: bool
+
+    def describe(self) -> str:
+        mix = ", ".join(f"{k}={v:.3g}" for k, v in self.fractions.items())
+        params = ", ".join(f"{k}={v}" for k, v in self.params.model_dump().items())
+        return (
+            f"generate {self.n_events} events with '{self.generator.name}' ({params}): {mix}; "
+            f"seed={self.seed} workers={self.workers} chunk={self.chunk_events} -> {self.out}"
+        )
+
+
+def plan_generation(
     processes: dict[str, float],
     n_events: int,
     out: str | os.PathLike,
@@ -130,8 +164,8 @@ def generate_store(
     schema: EventSchema | None = None,
     chunk_events: int = DEFAULT_CHUNK,
     overwrite: bool = False,
-) -> EventStore:
-    """Generate a process mixture into a new event store, or resume an interrupted one.
+) -> GenerationPlan:
+    """Validate a generation request (processes, generator and its params, sizes) without running it.
 
     Args:
         processes: Process name -> fraction (see ``parse_processes``).
@@ -144,51 +178,71 @@ def generate_store(
         schema: Event schema (default EveNet's).
         chunk_events: Events per chunk and per job.
         overwrite: Replace an existing store.
-
-    Returns:
-        The complete store, opened for reading.
     """
     if n_events < 1:
         raise HepfmError(f"--events must be positive, got {n_events}")
     if workers < 1:
         raise HepfmError(f"--workers must be positive, got {workers}")
-    schema = schema or EventSchema()
-    names = list(processes)
-    cls = find_generator(names, generator)
+    if chunk_events < 1:
+        raise HepfmError(f"--chunk-events must be positive, got {chunk_events}")
+    cls = find_generator(list(processes), generator)
+    StoreWriter.preflight(out, overwrite)
     try:
         gen_params = cls.Params.model_validate(params or {})
-    except Exception as exc:
-        raise HepfmError(f"generator '{cls.name}' params: {exc}".splitlines()[0]) from None
-    probe = cls(gen_params, schema)
+    except ValidationError as exc:
+        raise HepfmError(f"generator '{cls.name}' params: {describe_validation_error(exc)}") from None
+    return GenerationPlan(
+        cls,
+        gen_params,
+        schema or EventSchema(),
+        dict(processes),
+        int(n_events),
+        Path(out),
+        int(seed),
+        int(workers),
+        int(chunk_events),
+        overwrite,
+    )
+
+
+def run_generation(plan: GenerationPlan) -> EventStore:
+    """Generate a planned process mixture into a new event store, or resume an interrupted one."""
+    cls, schema, chunk_events, n_events = plan.generator, plan.schema, plan.chunk_events, plan.n_events
+    names = list(plan.fractions)
+    probe = cls(plan.params, schema)
     targets = {"process": {"dtype": "int32", "shape": []}, **probe.targets()}
-    labels = {p: i for i, p in enumerate(names)}
-    plan = {
+    job_plan = {
         "processes": names,
-        "fractions": [processes[p] for p in names],
-        "labels": labels,
-        "seed": int(seed),
-        "n_events": int(n_events),
-        "chunk": int(chunk_events),
+        "fractions": [plan.fractions[p] for p in names],
+        "labels": {p: i for i, p in enumerate(names)},
+        "seed": plan.seed,
+        "n_events": n_events,
+        "chunk": chunk_events,
     }
     provenance = {
         "generator": cls.name,
-        "params": gen_params.model_dump(mode="json"),
-        "processes": dict(zip(names, plan["fractions"], strict=True)),
-        "seed": int(seed),
-        "n_events_requested": int(n_events),
+        "params": plan.params.model_dump(mode="json"),
+        "processes": dict(zip(names, job_plan["fractions"], strict=True)),
+        "seed": plan.seed,
+        "n_events_requested": n_events,
         "hepfm_version": __version__,
     }
     writer = StoreWriter(
-        Path(out), schema, targets=targets, processes=names, chunk_events=chunk_events,
-        provenance=provenance, overwrite=overwrite,
+        plan.out,
+        schema,
+        targets=targets,
+        processes=names,
+        chunk_events=chunk_events,
+        provenance=provenance,
+        overwrite=plan.overwrite,
     )
     n_jobs = math.ceil(n_events / chunk_events)
     first = writer.n_events // chunk_events
-    init_args = (cls, gen_params.model_dump(mode="json"), schema.model_dump(mode="json"), plan)
+    init_args = (cls, plan.params.model_dump(mode="json"), schema.model_dump(mode="json"), job_plan)
     with progress(f"generate {cls.name}", n_events) as advance:
         advance(writer.n_events)
         jobs = range(first, n_jobs)
-        if workers == 1 or len(jobs) <= 1:
+        if plan.workers == 1 or len(jobs) <= 1:
             _init_worker(*init_args)
             for job in jobs:
                 block = _run_job(job)
@@ -196,8 +250,17 @@ def generate_store(
                 advance(len(block))
         else:
             ctx = mp.get_context("fork")
-            with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=init_args) as pool:
+            with ctx.Pool(min(plan.workers, len(jobs)), initializer=_init_worker, initargs=init_args) as pool:
                 for block in pool.imap(_run_job, jobs):
                     writer.append(block)
                     advance(len(block))
     return writer.close()
+
+
+def generate_store(processes: dict[str, float], n_events: int, out: str | os.PathLike, **options: Any) -> EventStore:
+    """Plan and run a generation in one call (``options`` as for ``plan_generation``).
+
+    Returns:
+        The complete store, opened for reading.
+    """
+    return run_generation(plan_generation(processes, n_events, out, **options))

@@ -83,7 +83,11 @@ def plot_store(path: str | os.PathLike, out_dir: str | os.PathLike, max_events: 
             if values.size == 0:
                 continue
             log = feature.norm == "log_standardise" and values.min() >= 0
-            bins = np.geomspace(max(values[values > 0].min(initial=1e-3), 1e-3), max(values.max(), 1e-2), 50) if log else 50
+            bins = (
+                np.geomspace(max(values[values > 0].min(initial=1e-3), 1e-3), max(values.max(), 1e-2), 50)
+                if log
+                else 50
+            )
             ax.hist(values, bins=bins, histtype="step", density=True, label=pname)
             if log:
                 ax.set_xscale("log")

@@ -318,7 +318,10 @@ def invariant_mass(e: np.ndarray, pt: np.ndarray, eta: np.ndarray, phi: np.ndarr
     """Invariant mass of the selected objects of each event.
 
     Args:
-        e, pt, eta, phi: [n, N] object kinematics.
+        e: [n, N] object energies.
+        pt: [n, N] transverse momenta.
+        eta: [n, N] pseudorapidities.
+        phi: [n, N] azimuths.
         sel: [n, N] bool, which objects enter the sum.
 
     Returns:

@@ -132,9 +132,7 @@ class SplitSpec(BaseModel):
 Segment = tuple[int, int]
 
 
-def split_segments(
-    n_events: int, chunk: int, spec: SplitSpec, which: str, fraction: float = 1.0
-) -> list[Segment]:
+def split_segments(n_events: int, chunk: int, spec: SplitSpec, which: str, fraction: float = 1.0) -> list[Segment]:
     """Event ranges [start, stop) of one split, each inside one chunk.
 
     Chunks are laid out in an order fixed by ``spec.seed``; the train, val and test fractions take
@@ -251,16 +249,36 @@ class StoreWriter:
         )
         self._group = g
 
-    def _resume(self, provenance: dict[str, Any]) -> None:
+    @staticmethod
+    def preflight(path: str | os.PathLike, overwrite: bool = False) -> str:
+        """Check an output path before any work: ``new``, ``resume`` or ``overwrite``.
+
+        Raises ``StoreError`` for a complete store (without ``overwrite``) or a directory that is
+        not a hepfm store, so nothing already written is touched.
+        """
+        path = Path(path)
+        if not path.exists():
+            return "new"
+        if overwrite:
+            return "overwrite"
+        StoreWriter._open_existing(path)
+        return "resume"
+
+    @staticmethod
+    def _open_existing(path: Path) -> tuple[zarr.Group, dict[str, Any]]:
         try:
-            g = zarr.open_group(self.path, mode="r+")
+            g = zarr.open_group(path, mode="r+")
             attrs = dict(g.attrs)
         except Exception as exc:
-            raise StoreError(f"{self.path}: exists and is not a readable event store ({exc})") from exc
+            raise StoreError(f"{path}: exists and is not a readable event store ({type(exc).__name__})") from None
         if attrs.get("complete"):
-            raise StoreError(f"{self.path}: a complete store already exists; choose another --out or pass --overwrite")
+            raise StoreError(f"{path}: a complete store already exists; choose another --out or pass --overwrite")
         if attrs.get("hepfm") != FORMAT or "n_events" not in attrs:
-            raise StoreError(f"{self.path}: exists and is not a hepfm event store; refusing to touch it")
+            raise StoreError(f"{path}: exists and is not a hepfm event store; refusing to touch it")
+        return g, attrs
+
+    def _resume(self, provenance: dict[str, Any]) -> None:
+        g, attrs = self._open_existing(self.path)
         expected = {
             "schema": self.schema.model_dump(mode="json"),
             "targets": self.targets,
@@ -317,7 +335,9 @@ class StoreWriter:
         for key, spec in self.targets.items():
             got = block.targets[key].shape
             if tuple(got) != (n, *spec["shape"]):
-                raise StoreError(f"{where}: block key 'targets/{key}' has shape {tuple(got)}, expected {(n, *spec['shape'])}")
+                raise StoreError(
+                    f"{where}: block key 'targets/{key}' has shape {tuple(got)}, expected {(n, *spec['shape'])}"
+                )
         checks = (
             ("objects", block.objects, block.mask, s.object_names),
             ("globals", block.globals, None, s.global_names),
@@ -332,7 +352,7 @@ class StoreWriter:
                 feature = names[idx[-1]]
                 raise StoreError(
                     f"{where}: key '{key}' feature '{feature}' is {values[tuple(idx)]} (NaN or inf) in event "
-                    f"{self.n_events + self._n_pending + int(idx[0])} of this write; nothing from this block was written"
+                    f"{self.n_events + self._n_pending + int(idx[0])} of this write; nothing of this block was written"
                 )
         if "process" in block.targets and self.processes:
             p = block.targets["process"]
@@ -366,8 +386,9 @@ class StoreWriter:
         out, rest = data.take(slice(0, n_write)), data.take(slice(n_write, None))
         arrays = {"objects": out.objects, "mask": out.mask, "globals": out.globals, "weights": out.weights}
         arrays.update({f"targets/{k}": v for k, v in out.targets.items()})
-        for name, values in arrays.items():
-            self._group[name].append(values, axis=0)
+        with zarr.config.set({"array.write_empty_chunks": True}):  # every chunk on disk: truncation is detectable
+            for name, values in arrays.items():
+                self._group[name].append(values, axis=0)
         self._obj_moments.update(out.objects[out.mask])
         self._glob_moments.update(out.globals)
         self.n_events += n_write
@@ -659,7 +680,11 @@ class EventLoader:
     def _subdivide(segments: list[Segment], minimum: int, smallest: int = 64) -> list[Segment]:
         """Halve segments until every rank and worker has some (only matters for tiny stores)."""
         while len(segments) < minimum and max(b - a for a, b in segments) >= 2 * smallest:
-            segments = [piece for a, b in segments for piece in (((a, (a + b) // 2), ((a + b) // 2, b)) if b - a >= 2 * smallest else ((a, b),))]
+            segments = [
+                piece
+                for a, b in segments
+                for piece in (((a, (a + b) // 2), ((a + b) // 2, b)) if b - a >= 2 * smallest else ((a, b),))
+            ]
         return segments
 
     def set_epoch(self, epoch: int) -> None:

@@ -189,8 +189,11 @@ def _component_problems(data: dict[str, Any]) -> list[tuple[tuple, str]]:
         if kind == "dataset" and getattr(cls, "kind", "store") != "store":
             stores = ", ".join(r.name for r in registry if getattr(r.cls, "kind", None) == "store")
             problems.append(
-                ((*loc, "name"), f"dataset '{ref['name']}' is a {cls.kind}, not a store; make a store with "
-                 f"`hepfm generate`/`hepfm convert` and name one of: {stores}")
+                (
+                    (*loc, "name"),
+                    f"dataset '{ref['name']}' is a {cls.kind}, not a store; make a store with "
+                    f"`hepfm generate`/`hepfm convert` and name one of: {stores}",
+                )
             )
             return
         params = ref.get("params") or {}
@@ -262,7 +265,9 @@ def load_task(path: str | os.PathLike, overrides: list[str] | None = None) -> Ta
         raise TaskError(formatted)
     task = Task.model_validate(data)
     regs = plugins.registries()
-    task.dataset.params = regs["dataset"].get(task.dataset.name).Params.model_validate(task.dataset.params).model_dump(mode="json")
+    task.dataset.params = (
+        regs["dataset"].get(task.dataset.name).Params.model_validate(task.dataset.params).model_dump(mode="json")
+    )
     for spec in task.heads.values():
         spec.params = regs["head"].get(spec.name).Params.model_validate(spec.params).model_dump(mode="json")
     for spec in task.metrics:

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-
 from conftest import assert_one_line_error, run_python
+
 from hepfm import EventBlock, EventLoader, EventSchema, EventStore, SplitSpec, StoreError, StoreWriter
 from hepfm.bench import epoch_peak_rss
 from hepfm.store import split_segments
@@ -46,8 +46,15 @@ def test_round_trip_200k_in_fresh_process(tmp_path):
     store = write(tmp_path / "rt.zarr", blocks)
     assert store.n_events == 200_000
     ref = EventBlock.concatenate(blocks)
-    np.savez(tmp_path / "ref.npz", objects=ref.objects, mask=ref.mask, globals=ref.globals, weights=ref.weights,
-             process=ref.targets["process"], assignment=ref.targets["assignment"])
+    np.savez(
+        tmp_path / "ref.npz",
+        objects=ref.objects,
+        mask=ref.mask,
+        globals=ref.globals,
+        weights=ref.weights,
+        process=ref.targets["process"],
+        assignment=ref.targets["assignment"],
+    )
     code = """
 import sys, numpy as np
 from hepfm import EventStore
@@ -93,7 +100,9 @@ def test_interrupted_write_resumes_to_identical_store(tmp_path):
     blocks = [random_block(rng, 1500) for _ in range(8)]
     full = write(tmp_path / "full.zarr", blocks, chunk=1024)
 
-    w = StoreWriter(tmp_path / "part.zarr", EventSchema(), targets=TARGETS, processes=["a", "b", "c"], chunk_events=1024)
+    w = StoreWriter(
+        tmp_path / "part.zarr", EventSchema(), targets=TARGETS, processes=["a", "b", "c"], chunk_events=1024
+    )
     for b in blocks[:5]:
         w.append(b)
     del w  # "crash": never closed
@@ -105,7 +114,9 @@ def test_interrupted_write_resumes_to_identical_store(tmp_path):
     assert done == 7168  # whole chunks only
     g["objects"].append(np.ones((1024, 18, 7), np.float32), axis=0)
 
-    w = StoreWriter(tmp_path / "part.zarr", EventSchema(), targets=TARGETS, processes=["a", "b", "c"], chunk_events=1024)
+    w = StoreWriter(
+        tmp_path / "part.zarr", EventSchema(), targets=TARGETS, processes=["a", "b", "c"], chunk_events=1024
+    )
     assert w.n_events == done
     rest = EventBlock.concatenate(blocks).take(slice(done, None))
     w.append(rest)
@@ -218,7 +229,9 @@ def test_loader_split_and_batch_contents(id_store):
 def test_rank_shards_are_disjoint_and_cover(id_store, workers):
     shards = []
     for rank in range(2):
-        loader = EventLoader(id_store, split="train", batch_size=100, rank=rank, world_size=2, num_workers=workers, seed=9)
+        loader = EventLoader(
+            id_store, split="train", batch_size=100, rank=rank, world_size=2, num_workers=workers, seed=9
+        )
         loader.set_epoch(3)
         shards.append(set(_event_ids(loader).tolist()))
     assert not shards[0] & shards[1]
@@ -260,7 +273,9 @@ def test_two_million_event_epoch_peak_rss(tmp_path):
     n, chunk = 2_000_000, 8192
     rng = np.random.default_rng(7)
     base = random_block(rng, chunk)
-    w = StoreWriter(tmp_path / "big.zarr", EventSchema(), targets=TARGETS, processes=["a", "b", "c"], chunk_events=chunk)
+    w = StoreWriter(
+        tmp_path / "big.zarr", EventSchema(), targets=TARGETS, processes=["a", "b", "c"], chunk_events=chunk
+    )
     for i in range(n // chunk + 1):
         block = base.take(rng.permutation(chunk))
         w.append(block if i < n // chunk else block.take(slice(0, n % chunk)))

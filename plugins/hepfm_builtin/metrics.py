@@ -26,7 +26,9 @@ class RocAuc:
     def __init__(self, params: Params) -> None:
         self.params = params
 
-    def compute(self, predictions: dict[str, np.ndarray], targets: dict[str, np.ndarray], weights: np.ndarray) -> dict[str, float]:
+    def compute(
+        self, predictions: dict[str, np.ndarray], targets: dict[str, np.ndarray], weights: np.ndarray
+    ) -> dict[str, float]:
         probs = predictions["probabilities"]
         score = probs[:, self.params.signal].sum(1)
         is_signal = np.isin(targets[self.params.target], self.params.signal)
@@ -50,7 +52,9 @@ class Accuracy:
     def __init__(self, params: Params) -> None:
         self.params = params
 
-    def compute(self, predictions: dict[str, np.ndarray], targets: dict[str, np.ndarray], weights: np.ndarray) -> dict[str, float]:
+    def compute(
+        self, predictions: dict[str, np.ndarray], targets: dict[str, np.ndarray], weights: np.ndarray
+    ) -> dict[str, float]:
         right = predictions["probabilities"].argmax(1) == targets[self.params.target]
         return {"accuracy": float(np.sum(right * weights) / np.sum(weights))}
 

@@ -1,0 +1,173 @@
+import inspect
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, run_python
+
+import hepfm
+from hepfm import HepfmError, hookspecs, plugins
+from hepfm.components import HeadDims, Latents
+from hepfm.schema import EventSchema
+
+EXAMPLE = ROOT / "plugins" / "hepfm-example-plugin"
+HOOKS = sorted(name for name, _ in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("hepfm_"))
+
+
+def test_every_hook_has_a_test_and_a_docs_entry():
+    tests = {name for name in globals() if name.startswith("test_hook_")}
+    docs = (ROOT / "docs" / "plugins.md").read_text()
+    for hook in HOOKS:
+        assert f"test_hook_{hook}" in tests, f"hook {hook} has no test_hook_{hook}"
+        assert f"`{hook}`" in docs, f"hook {hook} is not documented in docs/plugins.md"
+        spec = getattr(hookspecs, hook)
+        assert spec.__doc__ and spec.__doc__.strip(), f"hook {hook} has no docstring"
+
+
+def test_hook_hepfm_register_heads():
+    cls = plugins.heads().get("classification")
+    assert plugins.heads()._entries["classification"].plugin == "builtin_heads"
+    import torch
+
+    head = cls(cls.Params(num_classes=3), HeadDims(latent_dim=16, schema=EventSchema()))
+    latents = Latents(
+        objects=torch.randn(5, 18, 16), event=torch.randn(5, 16), mask=torch.ones(5, 18, dtype=torch.bool)
+    )
+    batch = hepfm.Batch(
+        torch.zeros(5, 18, 7),
+        torch.ones(5, 18, dtype=torch.bool),
+        torch.zeros(5, 10),
+        torch.ones(5),
+        {"process": torch.tensor([0, 1, 2, 1, 0])},
+    )
+    out = head(latents, batch)
+    assert out["logits"].shape == (5, 3)
+    loss, parts = head.loss(out, batch)
+    loss.backward()
+    assert loss.ndim == 0 and "ce" in parts
+    assert torch.allclose(head.predict(out)["probabilities"].sum(-1), torch.ones(5))
+
+
+def test_hook_hepfm_register_datasets():
+    regs = plugins.datasets()
+    assert {"zarr", "synthetic"} <= set(regs.names())
+    gen = regs.get("synthetic")
+    block = gen(gen.Params(), EventSchema()).generate("toy_signal", 100, seed=1)
+    assert block.objects.shape == (100, 18, 7) and block.mask[:, 0].all()
+    pt = block.objects[..., 1]
+    assert (pt[:, :-1] >= pt[:, 1:]).all()  # pT-ordered, padding last
+
+
+def test_hook_hepfm_register_metrics():
+    import numpy as np
+
+    auc = plugins.metrics().get("roc_auc")
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.1, 0.9]])
+    out = auc(auc.Params(signal=[1])).compute({"probabilities": probs}, {"process": np.array([0, 0, 1, 1])}, np.ones(4))
+    assert out["auc"] == 1.0
+    acc = plugins.metrics().get("accuracy")
+    right = acc(acc.Params()).compute({"probabilities": probs}, {"process": np.array([0, 1, 1, 1])}, np.ones(4))
+    assert right["accuracy"] == 0.75
+
+
+def test_registry_refuses_duplicates_and_lists_known():
+    reg = plugins.Registry("head")
+
+    class A:
+        name, description, Params = "dup", "", object
+
+    class B(A):
+        pass
+
+    reg.register(A, "one", "pkg-one 1.0")
+    with pytest.raises(HepfmError, match="'dup' is already registered by plugin one"):
+        reg.register(B, "two", "pkg-two 2.0")
+    with pytest.raises(HepfmError, match="unknown head 'x'; known: dup"):
+        reg.get("x")
+
+    class NoParams:
+        name, description = "np", ""
+
+    with pytest.raises(HepfmError, match="lacks the `Params`"):
+        reg.register(NoParams)
+
+
+def test_builtins_register_without_installation():
+    # the DEFAULT_PLUGINS fallback (source tree not installed) registers the same modules by name
+    code = """
+import importlib.metadata as md
+from hepfm import plugins
+md.entry_points = lambda **kw: []
+md.distributions = lambda **kw: iter(())
+pm = plugins.get_plugin_manager()
+print(sorted(n for n, _ in pm.list_name_plugin()), plugins.heads().names())
+"""
+    out = run_python(code).stdout
+    assert "['builtin_datasets', 'builtin_heads', 'builtin_metrics'] ['classification']" in out
+
+
+@pytest.fixture(scope="module")
+def example_installed():
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", str(EXAMPLE)]
+    subprocess.run(pip, check=True, capture_output=True)
+    yield
+    subprocess.run(
+        [sys.executable, "-m", "pip", "uninstall", "-q", "-y", "hepfm-example-plugin"], check=True, capture_output=True
+    )
+
+
+def _hepfm(*args, env=None):
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "hepfm", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HEPFM_PROGRESS": "0", **(env or {})},
+        cwd=ROOT,
+    )
+
+
+def test_example_plugin_is_discovered_after_install(example_installed, tmp_path):
+    r = _hepfm("plugins", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {(row["kind"], row["name"]): row for row in json.loads(r.stdout)}
+    assert rows[("head", "met_regression")]["package"] == "hepfm-example-plugin 0.1.0"
+    assert rows[("metric", "relative_resolution")]["plugin"] == "example"
+    r = _hepfm("validate", EXAMPLE / "example_task.yaml")
+    assert r.returncode == 0, r.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((EXAMPLE / "example_task.yaml").read_text().replace("{hidden: 32}", "{hidden: 32, depth: 2}"))
+    r = _hepfm("validate", bad)
+    assert r.returncode == 1 and "heads.met.params.depth: Extra inputs are not permitted" in r.stderr
+
+    # HEPFM_LOAD_PLUGINS restricts third-party loading; built-ins stay
+    r = _hepfm("plugins", "--json", env={"HEPFM_LOAD_PLUGINS": ""})
+    names = {row["name"] for row in json.loads(r.stdout)}
+    assert "met_regression" not in names and "classification" in names
+    r = _hepfm("plugins", "--json", env={"HEPFM_LOAD_PLUGINS": "example"})
+    assert "met_regression" in {row["name"] for row in json.loads(r.stdout)}
+    r = _hepfm("validate", EXAMPLE / "example_task.yaml", env={"HEPFM_LOAD_PLUGINS": "other"})
+    assert r.returncode == 1 and "unknown head 'met_regression'; known: classification" in r.stderr
+
+
+def test_example_plugin_head_trains_on_a_batch(example_installed):
+    code = """
+import torch, hepfm
+from hepfm import plugins
+from hepfm.components import HeadDims, Latents
+cls = plugins.heads().get("met_regression")
+head = cls(cls.Params(), HeadDims(8, hepfm.EventSchema()))
+g = torch.zeros(4, 10); g[:, 0] = torch.tensor([10., 20., 40., 80.])
+batch = hepfm.Batch(torch.zeros(4, 18, 7), torch.ones(4, 18, dtype=torch.bool), g, torch.ones(4))
+lat = Latents(torch.zeros(4, 18, 8), torch.randn(4, 8), batch.mask)
+opt = torch.optim.Adam(head.parameters(), 1e-2)
+first = None
+for _ in range(200):
+    loss, _ = head.loss(head(lat, batch), batch); opt.zero_grad(); loss.backward(); opt.step()
+    first = first if first is not None else float(loss)
+print(first, float(loss))
+"""
+    first, last = map(float, run_python(code).stdout.split())
+    assert last < 0.1 * first

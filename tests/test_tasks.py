@@ -1,0 +1,152 @@
+import pytest
+from conftest import ROOT, assert_one_line_error
+
+from hepfm import TaskError
+from hepfm.tasks import load_task, validate_files
+
+TASK_FILES = sorted((ROOT / "tasks").glob("*.yaml"))
+
+
+def test_every_task_file_validates():
+    assert TASK_FILES, "tasks/ holds no task files"
+    report = validate_files(TASK_FILES)
+    problems = [p for ps in report.values() for p in ps]
+    assert not problems, "\n".join(problems)  # every problem of every file at once
+
+
+GOOD = """\
+name: t
+dataset: {name: zarr, params: {path: x.zarr}}
+heads:
+  process: {name: classification, params: {num_classes: 3}}
+metrics: [accuracy]
+"""
+
+
+def write(tmp_path, text, name="task.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_plugin_params_are_resolved(tmp_path):
+    task = load_task(write(tmp_path, GOOD))
+    assert task.heads["process"].params["hidden"] == 128  # the head's own default
+    assert task.metrics[0].name == "accuracy" and task.metrics[0].params == {"target": "process"}
+    assert task.split.train == 0.8 and task.init is None and task.model.preset == "small"
+
+
+def test_overrides_are_typed_and_validated(tmp_path):
+    path = write(tmp_path, GOOD)
+    task = load_task(path, ["model.preset=tiny", "train.max_steps=30", "train.lr=3e-4", "heads.process.weight=0.5"])
+    assert task.model.preset == "tiny" and task.train.max_steps == 30 and task.train.lr == 3e-4
+    assert task.heads["process"].weight == 0.5
+    with pytest.raises(TaskError) as e:
+        load_task(path, ["train.max_stepz=3"])
+    assert e.value.problems == [f"{path} (--set): train.max_stepz: Extra inputs are not permitted"]
+    with pytest.raises(TaskError, match="expected key=value"):
+        load_task(path, ["train.max_steps"])
+
+
+def test_all_errors_reported_at_once_with_lines(tmp_path):
+    text = """\
+name: bad
+trian: {epochs: 3}
+dataset: {name: zar, params: {path: x}}
+heads:
+  p:
+    name: classification
+    params: {num_classes: one, hiden: 3}
+  q: {name: nope}
+train:
+  lr: fast
+split: {train: 0.5, val: 0.1, test: 0.1}
+metrics: [roc_auc, bogus]
+"""
+    path = write(tmp_path, text)
+    with pytest.raises(TaskError) as e:
+        load_task(path)
+    got = e.value.problems
+    expected = [
+        (2, "trian", "Extra inputs"),
+        (3, "dataset.name", "unknown dataset 'zar'; known: synthetic, zarr"),
+        (7, "heads.p.params.num_classes", "valid integer"),
+        (7, "heads.p.params.hiden", "Extra inputs"),
+        (8, "heads.q.name", "unknown head 'nope'; known: classification"),
+        (10, "train.lr", "valid number"),
+        (11, "split", "must be 1"),
+        (12, "metrics.1.name", "unknown metric 'bogus'; known: accuracy, roc_auc"),
+    ]
+    assert len(got) == len(expected), got
+    for line, key, msg in expected:
+        assert any(p.startswith(f"{path}:{line}: {key}: ") and msg in p for p in got), (line, key, got)
+
+
+def test_store_dataset_required(tmp_path):
+    with pytest.raises(TaskError, match="dataset 'synthetic' is a generator, not a store"):
+        load_task(write(tmp_path, GOOD.replace("name: zarr, params: {path: x.zarr}", "name: synthetic")))
+
+
+BAD_TASKS = {
+    "unknown_key": (GOOD + "epochz: 3\n", ["task.yaml:6", "epochz", "Extra inputs"]),
+    "wrong_type": (GOOD + "train: {batch_size: many}\n", ["task.yaml:6", "train.batch_size", "valid integer"]),
+    "missing_dataset": ("name: t\nheads: {}\n", ["task.yaml", "dataset", "Field required"]),
+    "unknown_head": (
+        GOOD.replace("classification", "classificashun"),
+        ["task.yaml:4", "heads.process.name", "known: classification"],
+    ),
+    "unknown_metric": (
+        GOOD.replace("[accuracy]", "[acuracy]"),
+        ["task.yaml:5", "metrics.0.name", "known: accuracy, roc_auc"],
+    ),
+    "bad_head_params": (
+        GOOD.replace("num_classes: 3", "num_classes: 1"),
+        ["task.yaml:4", "heads.process.params.num_classes", "greater than or equal to 2"],
+    ),
+    "yaml_syntax": ("name: t\ndataset: {name: zarr\n", ["task.yaml:3", "YAML syntax error"]),
+    "not_a_mapping": ("- just\n- a list\n", ["task.yaml", "must be a mapping"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TASKS))
+def test_validate_bad_task_one_line(tmp_path, cli, case):
+    text, needles = BAD_TASKS[case]
+    path = write(tmp_path, text)
+    result = cli("validate", path)
+    line = assert_one_line_error(result, *needles)
+    assert str(path) in line
+
+
+def test_validate_missing_file_and_several_files(tmp_path, cli):
+    assert_one_line_error(cli("validate", tmp_path / "nope.yaml"), "nope.yaml", "no such task file")
+    good = write(tmp_path, GOOD, "good.yaml")
+    bad = write(tmp_path, GOOD + "oops: 1\n", "bad.yaml")
+    result = cli("validate", good, bad)
+    assert result.exit_code == 1
+    assert f"ok {good}" in result.stdout
+    assert any("bad.yaml:6: oops" in line for line in result.error_lines)
+
+
+def test_validate_override_on_command_line(tmp_path, cli):
+    path = write(tmp_path, GOOD)
+    assert cli("validate", path, "--set", "model.preset=tiny", "--set", "train.max_steps=30").exit_code == 0
+    assert_one_line_error(cli("validate", path, "--set", "model.preset=huge"), "(--set)", "model.preset")
+
+
+def test_training_commands_take_set_and_say_not_landed(tmp_path, cli):
+    path = write(tmp_path, GOOD)
+    for cmd in (["pretrain", path], ["finetune", path], ["study", path, "--pretrained", tmp_path]):
+        r = cli(*cmd, "--set", "model.preset=tiny", "--set", "train.max_steps=30")
+        assert r.exit_code == 2, (cmd, r.stdout, r.stderr)
+        assert "not available" in r.stderr and "issue #" in r.stderr
+        bad = cli(*cmd, "--set", "train.max_stepz=30")
+        assert_one_line_error(bad, "train.max_stepz")
+    for cmd in (
+        ["embed", tmp_path, "--data", tmp_path, "--out", tmp_path],
+        ["probe", tmp_path, "--target", "x"],
+        ["evaluate", tmp_path, "--data", tmp_path],
+        ["bench", "model"],
+        ["convert", "x.root", "--format", "delphes", "--out", "o.zarr"],
+    ):
+        r = cli(*cmd)
+        assert r.exit_code == 2 and len(r.error_lines) == 1 and "not available" in r.stderr, (cmd, r.stderr)
