@@ -139,6 +139,8 @@ def _print_summary(s: dict) -> None:
     head.add_row("targets", ", ".join(f"{k} {v['dtype']}{v['shape']}" for k, v in s["targets"].items()) or "-")
     prov = s["provenance"]
     head.add_row("provenance", ", ".join(f"{k}={v}" for k, v in prov.items() if k != "params") or "-")
+    if s["topology"]:
+        head.add_row("topology", json.dumps(s["topology"]))
     console.print(head)
     units = {f["name"]: f for part in ("object_features", "global_features") for f in s["schema"][part]}
     for part in ("objects", "globals"):

@@ -90,7 +90,9 @@ class Generator(Dataset, Protocol):
     """A dataset that makes events: ``generate(process, n, seed)`` returns an ``EventBlock``.
 
     ``processes`` lists the process names it knows; ``targets`` describes the targets its blocks
-    carry (name -> {"dtype", "shape"}, shape without the event axis).
+    carry (name -> {"dtype", "shape"}, shape without the event axis). An optional ``topology()``
+    returns the decay topology (resonances, daughters, symmetric permutations) stored with the
+    events as the ``topology`` attribute.
     """
 
     processes: ClassVar[tuple[str, ...]]

@@ -19,7 +19,7 @@ def summarize_store(path: str | os.PathLike) -> dict[str, Any]:
 
     Keys: path, complete, n_events, chunk_events, n_chunks, bytes_on_disk, bytes_per_event,
     processes ({name: count}), schema, stats ({"objects"|"globals": {feature: stats}}),
-    targets ({name: {dtype, shape}}), provenance, splits ({train|val|test: events}).
+    targets ({name: {dtype, shape}}), provenance, topology, splits ({train|val|test: events}).
     """
     store = EventStore.open(path)
     counts: dict[str, int] = {}
@@ -42,6 +42,7 @@ def summarize_store(path: str | os.PathLike) -> dict[str, Any]:
         "stats": {part: {k: v.model_dump() for k, v in s.items()} for part, s in store.stats.items()},
         "targets": store.targets,
         "provenance": store.provenance,
+        "topology": store.topology,
         "splits": {name: sum(b - a for a, b in store.segments(name)) for name in ("train", "val", "test")},
     }
 

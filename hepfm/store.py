@@ -180,6 +180,7 @@ class StoreWriter:
         processes: Process names; ``targets/process`` holds indices into this list.
         chunk_events: Events per chunk (C); blocks are buffered to whole chunks.
         provenance: Free-form JSON (generator, seeds, settings) stored in the attributes.
+        topology: Decay topology of the assignment targets (resonances, daughters, symmetries).
         overwrite: Replace an existing store. Without it a complete store is an error and an
             incomplete one with the same layout is resumed.
     """
@@ -193,8 +194,10 @@ class StoreWriter:
         chunk_events: int = DEFAULT_CHUNK,
         provenance: dict[str, Any] | None = None,
         overwrite: bool = False,
+        topology: dict[str, Any] | None = None,
     ) -> None:
         self.path = Path(path)
+        self.topology = dict(topology or {})
         self.schema = schema
         self.targets = _describe_targets(targets or {})
         self.processes = list(processes or [])
@@ -242,6 +245,7 @@ class StoreWriter:
                 "targets": self.targets,
                 "processes": self.processes,
                 "chunk_events": self.chunk,
+                "topology": self.topology,
                 "provenance": provenance,
                 "n_events": 0,
                 "accumulators": {"objects": self._obj_moments.state(), "globals": self._glob_moments.state()},
@@ -284,6 +288,7 @@ class StoreWriter:
             "targets": self.targets,
             "processes": self.processes,
             "chunk_events": self.chunk,
+            "topology": self.topology,
         }
         for key, value in expected.items():
             if attrs.get(key) != value:
@@ -447,6 +452,7 @@ class EventStore:
         self.processes: list[str] = list(attrs.get("processes", []))
         self.targets: dict[str, dict[str, Any]] = dict(attrs.get("targets", {}))
         self.provenance: dict[str, Any] = dict(attrs.get("provenance", {}))
+        self.topology: dict[str, Any] = dict(attrs.get("topology", {}))
         self._arrays = {name: group[name] for name in self.array_names}
 
     @classmethod
