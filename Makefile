@@ -8,7 +8,7 @@ export HEPFM_PROGRESS ?= 1
 
 $(BIN)/hepfm-installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,generate,ingest]"
 	touch $@
 
 demo: $(BIN)/hepfm-installed
