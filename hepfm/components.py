@@ -35,11 +35,14 @@ class Latents:
         objects: [B, N, D] per-object latents.
         event: [B, D] per-event latent.
         mask: [B, N] bool, True for real objects.
+        context: What generative heads need to run the backbone again on perturbed inputs
+            (``hepfm.model.ModelContext``); None outside a model.
     """
 
     objects: torch.Tensor
     event: torch.Tensor
     mask: torch.Tensor
+    context: Any = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,243 @@
+"""The backbone: global embedding -> point-edge transformer body -> object encoder.
+
+Reads top to bottom: pair features, the small modules, the blocks, then ``Backbone``.
+Shapes: B events, N objects (padded, ``mask`` marks real ones), F object features, G globals,
+D model width, H attention heads, K nearest neighbours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .diffusion import time_embedding
+
+__all__ = ["BackboneConfig", "PRESETS", "Backbone", "pair_features", "config_from_spec"]
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Sizes of the backbone."""
+
+    dim: int = 128  # D
+    depth: int = 6  # PET blocks
+    num_heads: int = 8  # H
+    k_neighbours: int = 8  # K, in (eta, phi)
+    mlp_ratio: int = 2
+    pair_dim: int = 16  # width of the embedded pair features
+    encoder_depth: int = 2  # object-encoder layers (global token + objects)
+    feature_dropout: float = 0.1  # per (event, object feature) during training
+    dropout: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS: dict[str, BackboneConfig] = {
+    "tiny": BackboneConfig(dim=64, depth=3, num_heads=4, k_neighbours=4, encoder_depth=1),  # ~0.2M
+    "small": BackboneConfig(dim=128, depth=10, num_heads=8, encoder_depth=2, mlp_ratio=4),  # ~3M (PET2-small)
+    "lite": BackboneConfig(dim=256, depth=16, num_heads=8, encoder_depth=4, mlp_ratio=4),  # ~20M (EveNet-Lite)
+    "standard": BackboneConfig(dim=512, depth=16, num_heads=16, encoder_depth=4, mlp_ratio=4),  # ~80M
+}
+
+
+def config_from_spec(preset: str, **overrides) -> BackboneConfig:
+    """A preset with explicit sizes (None means keep the preset's) replaced."""
+    base = PRESETS[preset]
+    names = {"dim": "dim", "depth": "depth", "num_heads": "num_heads", "k_neighbours": "k_neighbours",
+             "feature_dropout": "feature_dropout"}
+    return replace(base, **{names[k]: v for k, v in overrides.items() if v is not None and k in names})
+
+
+# --------------------------------------------------------------------------------------------
+# pair features (Particle Transformer): ln dR, ln kT, ln z, ln m^2
+# --------------------------------------------------------------------------------------------
+def pair_features(kin: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """Pairwise features of objects.
+
+    Args:
+        kin: [B, N, 4] raw (E, pT, eta, phi).
+
+    Returns:
+        [B, N, N, 4]: ln dR, ln kT, ln z, ln m^2 (each with a small epsilon).
+    """
+    e, pt, eta, phi = kin.float().unbind(-1)
+    pt = pt.clamp_min(0)
+    deta = eta[:, :, None] - eta[:, None, :]
+    dphi = torch.remainder(phi[:, :, None] - phi[:, None, :] + torch.pi, 2 * torch.pi) - torch.pi
+    dr = torch.sqrt(deta**2 + dphi**2 + eps**2)
+    ptmin = torch.minimum(pt[:, :, None], pt[:, None, :])
+    kt = ptmin * dr
+    z = ptmin / (pt[:, :, None] + pt[:, None, :] + eps)
+    px, py, pz = pt * torch.cos(phi), pt * torch.sin(phi), pt * torch.sinh(eta.clamp(-10, 10))
+    m2 = (e[:, :, None] + e[:, None, :]) ** 2 - (
+        (px[:, :, None] + px[:, None, :]) ** 2 + (py[:, :, None] + py[:, None, :]) ** 2 + (pz[:, :, None] + pz[:, None, :]) ** 2
+    )
+    return torch.stack([dr.log(), (kt + eps).log(), (z + eps).log(), (m2.clamp_min(0) + eps).log()], dim=-1)
+
+
+# --------------------------------------------------------------------------------------------
+# modules
+# --------------------------------------------------------------------------------------------
+class MLP(nn.Sequential):
+    def __init__(self, d_in: int, d_hidden: int, d_out: int, dropout: float = 0.0) -> None:
+        super().__init__(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_hidden, d_out))
+
+
+class LocalEdge(nn.Module):
+    """EdgeConv over the K nearest real neighbours in (eta, phi): mean of MLP([h_j - h_i, h_i])."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.edge = MLP(2 * dim, dim, dim)
+
+    def forward(self, h: torch.Tensor, knn: torch.Tensor, knn_valid: torch.Tensor) -> torch.Tensor:
+        # h [B, N, D]; knn [B, N, K] neighbour indices; knn_valid [B, N, K] bool
+        x = self.norm(h)
+        b, n, k = knn.shape
+        neigh = torch.gather(x.unsqueeze(1).expand(b, n, n, x.shape[-1]), 2, knn.unsqueeze(-1).expand(b, n, k, x.shape[-1]))
+        centre = x.unsqueeze(2).expand_as(neigh)
+        msg = self.edge(torch.cat([neigh - centre, centre], dim=-1))  # [B, N, K, D]
+        w = knn_valid.unsqueeze(-1).to(msg.dtype)
+        return (msg * w).sum(2) / w.sum(2).clamp_min(1.0)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with an additive bias [B, H, N, N] (pair features and masking)."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class Block(nn.Module):
+    """One PET block: conditioning shift, local edge module, biased self-attention, MLP (pre-norm residuals)."""
+
+    def __init__(self, cfg: BackboneConfig, local: bool = True) -> None:
+        super().__init__()
+        d = cfg.dim
+        self.cond = nn.Linear(d, d)
+        self.local = LocalEdge(d) if local else None
+        self.norm1 = nn.LayerNorm(d)
+        self.attn = Attention(d, cfg.num_heads, cfg.dropout)
+        self.pair_bias = nn.Linear(cfg.pair_dim, cfg.num_heads) if local else None
+        self.norm2 = nn.LayerNorm(d)
+        self.mlp = MLP(d, cfg.mlp_ratio * d, d, cfg.dropout)
+
+    def forward(self, h, cond, mask_bias, pair=None, knn=None, knn_valid=None):
+        # h [B, N, D]; cond [B, D]; mask_bias [B, 1, N, N]; pair [B, N, N, P]
+        h = h + self.cond(cond).unsqueeze(1)
+        if self.local is not None:
+            h = h + self.local(h, knn, knn_valid)
+        bias = mask_bias
+        if self.pair_bias is not None:
+            bias = bias + self.pair_bias(pair).permute(0, 3, 1, 2)  # [B, H, N, N]
+        h = h + self.attn(self.norm1(h), bias)
+        return h + self.mlp(self.norm2(h))
+
+
+def _mask_bias(mask: torch.Tensor) -> torch.Tensor:
+    """Additive attention mask: real keys 0, padded keys -inf, but every query may see itself."""
+    n = mask.shape[1]
+    allowed = mask[:, None, :] | torch.eye(n, dtype=torch.bool, device=mask.device)[None]
+    return torch.zeros(allowed.shape, device=mask.device).masked_fill(~allowed, float("-inf")).unsqueeze(1)
+
+
+def _knn(eta: torch.Tensor, phi: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices [B, N, K] of the K nearest real objects (not itself) and their validity."""
+    deta = eta[:, :, None] - eta[:, None, :]
+    dphi = torch.remainder(phi[:, :, None] - phi[:, None, :] + torch.pi, 2 * torch.pi) - torch.pi
+    dist = deta**2 + dphi**2
+    n = mask.shape[1]
+    bad = ~mask[:, None, :] | torch.eye(n, dtype=torch.bool, device=mask.device)[None]
+    dist = dist.masked_fill(bad, float("inf"))
+    k = min(k, n - 1)
+    d, idx = dist.topk(k, dim=-1, largest=False)
+    return idx, torch.isfinite(d) & mask[:, :, None]
+
+
+# --------------------------------------------------------------------------------------------
+# the backbone
+# --------------------------------------------------------------------------------------------
+class Backbone(nn.Module):
+    """Global embedding, PET body and object encoder.
+
+    Args:
+        cfg: Sizes.
+        n_features: F, normalised object features per object.
+        n_globals: G, normalised globals per event.
+    """
+
+    def __init__(self, cfg: BackboneConfig, n_features: int, n_globals: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dim
+        self.n_features = n_features
+        self.object_embed = MLP(n_features + 1, d, d)  # +1: the "this object is being generated" flag
+        self.global_embed = MLP(n_globals, d, d)
+        self.time_embed = MLP(d, d, d)
+        self.pair_embed = MLP(4, cfg.pair_dim, cfg.pair_dim)
+        self.body = nn.ModuleList([Block(cfg, local=True) for _ in range(cfg.depth)])
+        self.encoder = nn.ModuleList([Block(cfg, local=False) for _ in range(cfg.encoder_depth)])
+        self.norm = nn.LayerNorm(d)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        g: torch.Tensor,
+        kin: torch.Tensor,
+        t: torch.Tensor | None = None,
+        noised: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents of a batch.
+
+        Args:
+            x: [B, N, F] normalised object features.
+            mask: [B, N] bool, real objects.
+            g: [B, G] normalised globals.
+            kin: [B, N, 4] raw (E, pT, eta, phi) for pair features and neighbours.
+            t: [B] diffusion time (None or 0: unperturbed input).
+            noised: [B, N] bool, objects whose features are being generated.
+
+        Returns:
+            Object latents [B, N, D] (zero on padding) and the event latent [B, D].
+        """
+        b, n, _ = x.shape
+        x = torch.where(mask.unsqueeze(-1), x, 0.0)  # padding carries no information, whatever it holds
+        kin = torch.where(mask.unsqueeze(-1), kin, 0.0)
+        if self.training and self.cfg.feature_dropout > 0:
+            keep = torch.rand(b, 1, x.shape[-1], device=x.device) >= self.cfg.feature_dropout
+            x = x * keep
+        flag = torch.zeros(b, n, 1, device=x.device, dtype=x.dtype) if noised is None else noised.unsqueeze(-1).to(x.dtype)
+        t = torch.zeros(b, device=x.device) if t is None else t
+        cond = self.global_embed(g) + self.time_embed(time_embedding(t, self.cfg.dim))  # [B, D]
+
+        h = self.object_embed(torch.cat([x, flag], dim=-1)) * mask.unsqueeze(-1)  # [B, N, D]
+        pair = self.pair_embed(pair_features(kin)) * (mask[:, :, None] & mask[:, None, :]).unsqueeze(-1)
+        knn, knn_valid = _knn(kin[..., 2], kin[..., 3], mask, self.cfg.k_neighbours)
+        bias = _mask_bias(mask)  # [B, 1, N, N]
+        for block in self.body:
+            h = block(h, cond, bias, pair, knn, knn_valid)
+
+        # object encoder: a global token (from globals and time) joins the objects
+        tokens = torch.cat([cond.unsqueeze(1), h], dim=1)  # [B, 1+N, D]
+        full_mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=mask.device), mask], dim=1)
+        bias = _mask_bias(full_mask)
+        for block in self.encoder:
+            tokens = block(tokens, cond, bias)
+        tokens = self.norm(tokens)
+        return tokens[:, 1:] * mask.unsqueeze(-1), tokens[:, 0]

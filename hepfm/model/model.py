@@ -1,0 +1,97 @@
+"""EventModel: normaliser + backbone + the heads a task names, with the weighted sum of their losses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+from torch import nn
+
+from .._errors import HepfmError
+from ..components import HeadDims, Latents
+from ..schema import Batch, EventSchema, FeatureStats, Normaliser
+from .backbone import Backbone, BackboneConfig
+
+__all__ = ["ModelContext", "EventModel", "KINEMATICS"]
+
+KINEMATICS = ("E", "pt", "eta", "phi")
+
+
+@dataclass
+class ModelContext:
+    """The normalised inputs of a batch and a way to run the backbone again on perturbed ones.
+
+    ``encode(x, t=None, noised=None)`` re-encodes normalised object features x [B, N, F] of the
+    same events (same mask and globals) at diffusion time t [B]; pair features and neighbours
+    follow the perturbed kinematics.
+    """
+
+    x: torch.Tensor  # [B, N, F] normalised objects
+    mask: torch.Tensor  # [B, N]
+    g: torch.Tensor  # [B, G] normalised globals
+    normaliser: Normaliser
+    encode: Callable[..., Latents]
+
+
+class EventModel(nn.Module):
+    """The whole network for one task.
+
+    Args:
+        schema: Event schema (must contain E, pt, eta, phi).
+        stats: Normalisation statistics (from the store), kept as buffers.
+        config: Backbone sizes.
+        heads: key -> (head class, validated params, loss weight).
+    """
+
+    def __init__(
+        self,
+        schema: EventSchema,
+        stats: dict[str, dict[str, FeatureStats]],
+        config: BackboneConfig,
+        heads: dict[str, tuple[type, BaseModel, float]],
+    ) -> None:
+        super().__init__()
+        missing = [k for k in KINEMATICS if k not in schema.object_names]
+        if missing:
+            raise HepfmError(f"the model needs object features {missing} for pair features; schema has {schema.object_names}")
+        self.schema, self.config = schema, config
+        self.kin_index = [schema.index(k) for k in KINEMATICS]
+        self.normaliser = Normaliser(schema, stats)
+        self.backbone = Backbone(config, schema.n_object_features, schema.n_global_features)
+        dims = HeadDims(latent_dim=config.dim, schema=schema)
+        self.heads = nn.ModuleDict({key: cls(params, dims) for key, (cls, params, _) in heads.items()})
+        self.loss_weights = {key: float(weight) for key, (_, _, weight) in heads.items()}
+
+    def _encode(self, x: torch.Tensor, mask: torch.Tensor, g: torch.Tensor, t=None, noised=None, ctx=None) -> Latents:
+        kin = self.normaliser.objects_inverse(x)[..., self.kin_index]  # [B, N, 4] raw
+        objects, event = self.backbone(x, mask, g, kin, t, noised)
+        return Latents(objects, event, mask, ctx)
+
+    def encode(self, batch: Batch) -> Latents:
+        """Latents of unperturbed events (with a context for generative heads)."""
+        x = self.normaliser.objects(batch.objects, batch.mask)
+        g = self.normaliser.globals(batch.globals)
+        ctx = ModelContext(x, batch.mask, g, self.normaliser, None)
+        ctx.encode = lambda xx, t=None, noised=None: self._encode(xx, batch.mask, g, t, noised, ctx)
+        objects, event = self.backbone(x, batch.mask, g, batch.objects[..., self.kin_index], None, None)
+        return Latents(objects, event, batch.mask, ctx)
+
+    def forward(self, batch: Batch) -> dict[str, dict[str, torch.Tensor]]:
+        latents = self.encode(batch)
+        return {key: head(latents, batch) for key, head in self.heads.items()}
+
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float], dict[str, Any]]:
+        """Weighted sum of head losses, every part for logging, and the head outputs."""
+        outputs = self(batch)
+        total = torch.zeros((), device=batch.objects.device)
+        parts: dict[str, float] = {}
+        for key, head in self.heads.items():
+            loss, named = head.loss(outputs[key], batch)
+            total = total + self.loss_weights[key] * loss
+            parts[key] = float(loss.detach())
+            parts.update({f"{key}/{k}": v for k, v in named.items()})
+        parts["total"] = float(total.detach())
+        return total, parts, outputs
