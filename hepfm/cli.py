@@ -144,7 +144,8 @@ def _print_summary(s: dict) -> None:
     console.print(head)
     units = {f["name"]: f for part in ("object_features", "global_features") for f in s["schema"][part]}
     for part in ("objects", "globals"):
-        t = Table(title=f"{part} (over real entries)", title_justify="left")
+        over = "real objects" if part == "objects" else "all events"
+        t = Table(title=f"{part} (over {over})", title_justify="left")
         for col in ("feature", "unit", "norm", "count", "min", "max", "mean", "std"):
             t.add_column(col, justify="right" if col not in ("feature", "unit", "norm") else "left")
         for name, st in s["stats"][part].items():
@@ -338,7 +339,7 @@ def bench(
         json_out.write_text(json.dumps(r, indent=2))
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(
     version: Annotated[bool, typer.Option("--version", help="print the version and exit")] = False,
 ) -> None:

@@ -118,16 +118,16 @@ class EventSchema(BaseModel):
         return self.object_names.index(name)
 
     def differences(self, other: EventSchema) -> list[str]:
-        """Human-readable differences that make two schemas incompatible (empty when compatible)."""
+        """Differences that make ``self`` (what a store has) incompatible with ``other`` (what is expected)."""
         out = []
         if self.version != other.version:
-            out.append(f"version {other.version} != {self.version}")
+            out.append(f"version: has {self.version}, expected {other.version}")
         if self.max_objects != other.max_objects:
-            out.append(f"max_objects {other.max_objects} != {self.max_objects}")
+            out.append(f"max_objects: has {self.max_objects}, expected {other.max_objects}")
         if self.object_names != other.object_names:
-            out.append(f"object_features {other.object_names} != {self.object_names}")
+            out.append(f"object_features: has {self.object_names}, expected {other.object_names}")
         if self.global_names != other.global_names:
-            out.append(f"global_features {other.global_names} != {self.global_names}")
+            out.append(f"global_features: has {self.global_names}, expected {other.global_names}")
         return out
 
 
@@ -201,19 +201,23 @@ class Batch:
     def __len__(self) -> int:
         return int(self.objects.shape[0])
 
+    def apply(self, fn) -> Batch:
+        """A batch with ``fn`` applied to every tensor."""
+        return Batch(
+            fn(self.objects),
+            fn(self.mask),
+            fn(self.globals),
+            fn(self.weights),
+            {k: fn(v) for k, v in self.targets.items()},
+        )
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """The same batch on another device."""
+        return self.apply(lambda t: t.to(device, non_blocking=non_blocking))
 
-        def move(t: torch.Tensor) -> torch.Tensor:
-            return t.to(device, non_blocking=non_blocking)
-
-        return Batch(
-            move(self.objects),
-            move(self.mask),
-            move(self.globals),
-            move(self.weights),
-            {k: move(v) for k, v in self.targets.items()},
-        )
+    def pin_memory(self) -> Batch:
+        """The same batch in pinned host memory (faster copies to a GPU)."""
+        return self.apply(lambda t: t.pin_memory())
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray | torch.Tensor]) -> Batch:

@@ -207,7 +207,7 @@ class StoreWriter:
         self._pending: list[EventBlock] = []
         self._n_pending = 0
         self._closed = False
-        if self.path.exists() and overwrite:
+        if self.preflight(self.path, overwrite) == "overwrite":
             shutil.rmtree(self.path)
         if self.path.exists():
             self._resume(provenance or {})
@@ -263,10 +263,21 @@ class StoreWriter:
         path = Path(path)
         if not path.exists():
             return "new"
+        if not path.is_dir():
+            raise StoreError(f"{path}: exists and is not a directory; refusing to touch it")
         if overwrite:
+            if any(path.iterdir()) and not StoreWriter._is_store(path):
+                raise StoreError(f"{path}: exists and is not a hepfm event store; --overwrite only replaces stores")
             return "overwrite"
         StoreWriter._open_existing(path)
         return "resume"
+
+    @staticmethod
+    def _is_store(path: Path) -> bool:
+        try:
+            return zarr.open_group(path, mode="r").attrs.get("hepfm", {}).get("format") == FORMAT["format"]
+        except Exception:
+            return False
 
     @staticmethod
     def _open_existing(path: Path) -> tuple[zarr.Group, dict[str, Any]]:
@@ -381,7 +392,12 @@ class StoreWriter:
         if self._n_pending >= self.chunk:
             self._flush(final=False)
 
-    def _flush(self, final: bool) -> None:
+    def _flush(self, final: bool, extra: Any = None) -> None:
+        """Write whole chunks (all that is queued when ``final``), then record them in one metadata write.
+
+        With ``final`` the record also carries ``extra`` (the statistics and ``complete``), so a
+        store is either complete or ends at a whole chunk: a resume never repeats events.
+        """
         if not self._pending:
             return
         data = EventBlock.concatenate(self._pending)
@@ -397,30 +413,33 @@ class StoreWriter:
         self._obj_moments.update(out.objects[out.mask])
         self._glob_moments.update(out.globals)
         self.n_events += n_write
-        self._group.attrs.update(
-            {
-                "n_events": self.n_events,
-                "accumulators": {"objects": self._obj_moments.state(), "globals": self._glob_moments.state()},
-            }
-        )
+        record = {
+            "n_events": self.n_events,
+            "accumulators": {"objects": self._obj_moments.state(), "globals": self._glob_moments.state()},
+        }
+        if final and extra:
+            record.update(extra() if callable(extra) else extra)
+        self._group.attrs.update(record)
         self._pending = [rest] if len(rest) else []
         self._n_pending = len(rest)
 
     def close(self) -> EventStore:
         """Write what is queued, the statistics, and finally ``complete``; return the reader."""
         if not self._closed:
-            self._flush(final=True)
-            if self.n_events == 0:
+            if self.n_events + self._n_pending == 0:
                 raise StoreError(f"{self.path}: nothing was written (0 events); the store is left incomplete")
-            self._group.attrs.update(
-                {
-                    "stats": {
-                        "objects": self._obj_moments.stats(self.schema.object_names),
-                        "globals": self._glob_moments.stats(self.schema.global_names),
-                    }
+
+            def finish() -> dict[str, Any]:
+                stats = {
+                    "objects": self._obj_moments.stats(self.schema.object_names),
+                    "globals": self._glob_moments.stats(self.schema.global_names),
                 }
-            )
-            self._group.attrs["complete"] = True
+                return {"stats": stats, "complete": True}
+
+            if self._pending:
+                self._flush(final=True, extra=finish)
+            else:
+                self._group.attrs.update(finish())
             self._closed = True
         return EventStore.open(self.path)
 
@@ -711,7 +730,13 @@ class EventLoader:
         return sum(b - a for a, b in self.shard())
 
     def __len__(self) -> int:
-        return math.ceil(self.n_events / self.batch_size)
+        """Batches this rank yields per epoch (each worker ends on its own short batch)."""
+        shard = self.shard()
+        total = 0
+        for w in range(max(1, self.num_workers)):
+            n = sum(b - a for a, b in shard[w :: max(1, self.num_workers)])
+            total += n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return total
 
     def __iter__(self) -> Iterator[Batch]:
         stream = _SegmentStream(
@@ -726,7 +751,8 @@ class EventLoader:
         )
         if self.num_workers == 0:
             for arrays in stream:
-                yield Batch.from_arrays(arrays)
+                batch = Batch.from_arrays(arrays)
+                yield batch.pin_memory() if self.pin_memory else batch
             return
         loader = torch.utils.data.DataLoader(
             stream,

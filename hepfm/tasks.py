@@ -143,7 +143,11 @@ def _dotted(loc: tuple) -> str:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"train.lr=3e-4"`` -> (["train", "lr"], 0.0003); the value is parsed as YAML."""
+    """``"train.lr=3e-4"`` -> (["train", "lr"], 0.0003).
+
+    The value is parsed as YAML, and a plain number YAML 1.1 leaves as a string (``3e-4``) is
+    read as a number.
+    """
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise TaskError([f"--set {text}: expected key=value, e.g. train.max_steps=30"])
@@ -151,6 +155,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value.lower() for c in ".e") else int(value)
+        except ValueError:
+            pass
     return [p for p in key.strip().split(".")], value
 
 
@@ -241,7 +250,10 @@ def load_task(path: str | os.PathLike, overrides: list[str] | None = None) -> Ta
     if not isinstance(data, dict):
         raise TaskError([f"{where}: a task file must be a mapping of keys (name, dataset, heads, ...)"])
     lines = _key_lines(node) if node is not None else {}
-    override_paths = {tuple(parse_override(o)[0]) for o in overrides or []}
+    try:
+        override_paths = {tuple(parse_override(o)[0]) for o in overrides or []}
+    except TaskError as exc:
+        raise TaskError([f"{where}: {p}" for p in exc.problems]) from None
     data = apply_overrides(data, list(overrides or []))
 
     problems: list[tuple[tuple, str]] = []

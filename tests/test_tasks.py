@@ -72,7 +72,7 @@ metrics: [roc_auc, bogus]
         (3, "dataset.name", "unknown dataset 'zar'; known: synthetic, zarr"),
         (7, "heads.p.params.num_classes", "valid integer"),
         (7, "heads.p.params.hiden", "Extra inputs"),
-        (8, "heads.q.name", "unknown head 'nope'; known: classification"),
+        (8, "heads.q.name", "unknown head 'nope'; known: assignment, classification"),
         (10, "train.lr", "valid number"),
         (11, "split", "must be 1"),
         (12, "metrics.1.name", "unknown metric 'bogus'; known: accuracy, roc_auc"),
@@ -93,7 +93,7 @@ BAD_TASKS = {
     "missing_dataset": ("name: t\nheads: {}\n", ["task.yaml", "dataset", "Field required"]),
     "unknown_head": (
         GOOD.replace("classification", "classificashun"),
-        ["task.yaml:4", "heads.process.name", "known: classification"],
+        ["task.yaml:4", "heads.process.name", "unknown head 'classificashun'; known: assignment, classification"],
     ),
     "unknown_metric": (
         GOOD.replace("[accuracy]", "[acuracy]"),

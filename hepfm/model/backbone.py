@@ -47,8 +47,13 @@ PRESETS: dict[str, BackboneConfig] = {
 def config_from_spec(preset: str, **overrides) -> BackboneConfig:
     """A preset with explicit sizes (None means keep the preset's) replaced."""
     base = PRESETS[preset]
-    names = {"dim": "dim", "depth": "depth", "num_heads": "num_heads", "k_neighbours": "k_neighbours",
-             "feature_dropout": "feature_dropout"}
+    names = {
+        "dim": "dim",
+        "depth": "depth",
+        "num_heads": "num_heads",
+        "k_neighbours": "k_neighbours",
+        "feature_dropout": "feature_dropout",
+    }
     return replace(base, **{names[k]: v for k, v in overrides.items() if v is not None and k in names})
 
 
@@ -60,6 +65,7 @@ def pair_features(kin: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
 
     Args:
         kin: [B, N, 4] raw (E, pT, eta, phi).
+        eps: Keeps the logarithms finite.
 
     Returns:
         [B, N, N, 4]: ln dR, ln kT, ln z, ln m^2 (each with a small epsilon).
@@ -74,7 +80,9 @@ def pair_features(kin: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     z = ptmin / (pt[:, :, None] + pt[:, None, :] + eps)
     px, py, pz = pt * torch.cos(phi), pt * torch.sin(phi), pt * torch.sinh(eta.clamp(-10, 10))
     m2 = (e[:, :, None] + e[:, None, :]) ** 2 - (
-        (px[:, :, None] + px[:, None, :]) ** 2 + (py[:, :, None] + py[:, None, :]) ** 2 + (pz[:, :, None] + pz[:, None, :]) ** 2
+        (px[:, :, None] + px[:, None, :]) ** 2
+        + (py[:, :, None] + py[:, None, :]) ** 2
+        + (pz[:, :, None] + pz[:, None, :]) ** 2
     )
     return torch.stack([dr.log(), (kt + eps).log(), (z + eps).log(), (m2.clamp_min(0) + eps).log()], dim=-1)
 
@@ -99,7 +107,9 @@ class LocalEdge(nn.Module):
         # h [B, N, D]; knn [B, N, K] neighbour indices; knn_valid [B, N, K] bool
         x = self.norm(h)
         b, n, k = knn.shape
-        neigh = torch.gather(x.unsqueeze(1).expand(b, n, n, x.shape[-1]), 2, knn.unsqueeze(-1).expand(b, n, k, x.shape[-1]))
+        neigh = torch.gather(
+            x.unsqueeze(1).expand(b, n, n, x.shape[-1]), 2, knn.unsqueeze(-1).expand(b, n, k, x.shape[-1])
+        )
         centre = x.unsqueeze(2).expand_as(neigh)
         msg = self.edge(torch.cat([neigh - centre, centre], dim=-1))  # [B, N, K, D]
         w = knn_valid.unsqueeze(-1).to(msg.dtype)
@@ -119,7 +129,9 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.dropout if self.training else 0.0)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.dropout if self.training else 0.0
+        )
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
@@ -222,7 +234,9 @@ class Backbone(nn.Module):
         if self.training and self.cfg.feature_dropout > 0:
             keep = torch.rand(b, 1, x.shape[-1], device=x.device) >= self.cfg.feature_dropout
             x = x * keep
-        flag = torch.zeros(b, n, 1, device=x.device, dtype=x.dtype) if noised is None else noised.unsqueeze(-1).to(x.dtype)
+        flag = (
+            torch.zeros(b, n, 1, device=x.device, dtype=x.dtype) if noised is None else noised.unsqueeze(-1).to(x.dtype)
+        )
         t = torch.zeros(b, device=x.device) if t is None else t
         cond = self.global_embed(g) + self.time_embed(time_embedding(t, self.cfg.dim))  # [B, D]
 

@@ -56,7 +56,9 @@ class EventModel(nn.Module):
         super().__init__()
         missing = [k for k in KINEMATICS if k not in schema.object_names]
         if missing:
-            raise HepfmError(f"the model needs object features {missing} for pair features; schema has {schema.object_names}")
+            raise HepfmError(
+                f"the model needs object features {missing} for pair features; schema has {schema.object_names}"
+            )
         self.schema, self.config = schema, config
         self.kin_index = [schema.index(k) for k in KINEMATICS]
         self.normaliser = Normaliser(schema, stats)

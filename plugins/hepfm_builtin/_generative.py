@@ -27,7 +27,9 @@ def _masked_mse(pred: torch.Tensor, target: torch.Tensor, sel: torch.Tensor, w: 
 
 
 class VisibleDiffusionParams(Params):
-    mask_fraction: float = Field(0.5, gt=0, le=1, description="fraction of real objects generated (the trainer may ramp it)")
+    mask_fraction: float = Field(
+        0.5, gt=0, le=1, description="fraction of real objects generated (the trainer may ramp it)"
+    )
     hidden: int = Field(128, ge=1)
     steps: int = Field(20, ge=1, description="DDIM steps when generating")
 
@@ -74,8 +76,9 @@ class VisibleDiffusionHead(nn.Module):
         return {"x0_normalised": x0, "noised": outputs["noised"]}
 
     @torch.no_grad()
-    def generate(self, latents: Latents, which: torch.Tensor, steps: int | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate(
+        self, latents: Latents, which: torch.Tensor, steps: int | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Regenerate the features of objects ``which`` [B, N] given the others; raw features [B, N, F]."""
         ctx = latents.context
         x0 = ctx.x
@@ -114,8 +117,12 @@ class InvisibleDiffusionHead(nn.Module):
         self.dim = d
         self.embed = nn.Linear(c + p, d)
         self.cond = MLP(2 * d, d, d)
-        self.attn = nn.ModuleList([nn.MultiheadAttention(d, params.num_heads, batch_first=True) for _ in range(params.layers)])
-        self.self_attn = nn.ModuleList([nn.MultiheadAttention(d, params.num_heads, batch_first=True) for _ in range(params.layers)])
+        self.attn = nn.ModuleList(
+            [nn.MultiheadAttention(d, params.num_heads, batch_first=True) for _ in range(params.layers)]
+        )
+        self.self_attn = nn.ModuleList(
+            [nn.MultiheadAttention(d, params.num_heads, batch_first=True) for _ in range(params.layers)]
+        )
         self.norms = nn.ModuleList([nn.LayerNorm(d) for _ in range(3 * params.layers)])
         self.mlps = nn.ModuleList([MLP(d, 2 * d, d) for _ in range(params.layers)])
         self.out = nn.Linear(d, c)
@@ -128,7 +135,16 @@ class InvisibleDiffusionHead(nn.Module):
         h = self.embed(torch.cat([x_t, ids], dim=-1)) + cond.unsqueeze(1)
         keys_off = ~latents.mask & latents.mask.any(-1, keepdim=True)
         for i in range(self.params.layers):
-            h = h + self.attn[i](self.norms[3 * i](h), latents.objects, latents.objects, key_padding_mask=keys_off, need_weights=False)[0]
+            h = (
+                h
+                + self.attn[i](
+                    self.norms[3 * i](h),
+                    latents.objects,
+                    latents.objects,
+                    key_padding_mask=keys_off,
+                    need_weights=False,
+                )[0]
+            )
             q = self.norms[3 * i + 1](h)
             h = h + self.self_attn[i](q, q, q, need_weights=False)[0]
             h = h + self.mlps[i](self.norms[3 * i + 2](h))
@@ -157,9 +173,17 @@ class InvisibleDiffusionHead(nn.Module):
         return {"momenta_one_step": x0 * self.params.scale}
 
     @torch.no_grad()
-    def generate(self, latents: Latents, steps: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate(
+        self, latents: Latents, steps: int | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Sampled momenta [B, P, C] in GeV (deterministic for a given generator state)."""
         b = latents.event.shape[0]
         shape = (b, self.params.num_particles, len(self.params.components))
-        x = ddim_sample(lambda x_t, t: self.denoise(x_t, t, latents), shape, steps or self.params.steps, generator, latents.event.device)
+        x = ddim_sample(
+            lambda x_t, t: self.denoise(x_t, t, latents),
+            shape,
+            steps or self.params.steps,
+            generator,
+            latents.event.device,
+        )
         return x * self.params.scale

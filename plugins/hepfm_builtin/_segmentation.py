@@ -50,9 +50,13 @@ class SegmentationHead(nn.Module):
         self.params = params
         d = dims.latent_dim
         self.queries = nn.Parameter(torch.randn(params.num_queries, d) * 0.02)
-        self.attn = nn.ModuleList([nn.MultiheadAttention(d, params.num_heads, batch_first=True) for _ in range(params.layers)])
+        self.attn = nn.ModuleList(
+            [nn.MultiheadAttention(d, params.num_heads, batch_first=True) for _ in range(params.layers)]
+        )
         self.norms = nn.ModuleList([nn.LayerNorm(d) for _ in range(2 * params.layers)])
-        self.mlps = nn.ModuleList([nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d)) for _ in range(params.layers)])
+        self.mlps = nn.ModuleList(
+            [nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d)) for _ in range(params.layers)]
+        )
         self.class_out = nn.Linear(d, params.num_classes + 1)
         self.mask_query = nn.Linear(d, d)
         self.mask_object = nn.Linear(d, d)
@@ -74,7 +78,9 @@ class SegmentationHead(nn.Module):
         values = sorted(v for v in np.unique(labels) if v >= 0)
         lc = self.params.label_classes
         classes = [lc[v] if lc is not None and v < len(lc) else v for v in values]
-        return classes, np.stack([labels == v for v in values]).astype(np.float32) if values else np.zeros((0, len(labels)), np.float32)
+        return classes, np.stack([labels == v for v in values]).astype(np.float32) if values else np.zeros(
+            (0, len(labels)), np.float32
+        )
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         logits, masks = outputs["class_logits"], outputs["mask_logits"]
@@ -92,12 +98,19 @@ class SegmentationHead(nn.Module):
             seg_t = torch.from_numpy(seg).to(masks.device)  # [S, N]
             ml = masks[e]  # [Q, N]
             with torch.no_grad():
-                bce = (F.binary_cross_entropy_with_logits(ml[:, None, :].expand(-1, len(classes), -1), seg_t[None].expand(nq, -1, -1), reduction="none") * real).sum(-1) / real.sum().clamp_min(1)
+                bce = (
+                    F.binary_cross_entropy_with_logits(
+                        ml[:, None, :].expand(-1, len(classes), -1), seg_t[None].expand(nq, -1, -1), reduction="none"
+                    )
+                    * real
+                ).sum(-1) / real.sum().clamp_min(1)
                 cost = -prob[e][:, classes] + bce + _dice(ml.sigmoid(), seg_t, real)
             qi, si = linear_sum_assignment(cost.cpu().numpy())
             qi_t, si_t = torch.as_tensor(qi, device=logits.device), torch.as_tensor(si, device=logits.device)
             class_target[e, qi_t] = torch.as_tensor(classes, device=logits.device)[si_t]
-            bce_m = (F.binary_cross_entropy_with_logits(ml[qi_t], seg_t[si_t], reduction="none") * real).sum(-1) / real.sum().clamp_min(1)
+            bce_m = (F.binary_cross_entropy_with_logits(ml[qi_t], seg_t[si_t], reduction="none") * real).sum(
+                -1
+            ) / real.sum().clamp_min(1)
             dice_m = _dice(ml[qi_t].sigmoid(), seg_t[si_t], real).diagonal()
             mask_losses.append((bce_m + dice_m).mean())
         weight = torch.ones(c1, device=logits.device)
