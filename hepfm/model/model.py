@@ -72,17 +72,24 @@ class EventModel(nn.Module):
         objects, event = self.backbone(x, mask, g, kin, t, noised)
         return Latents(objects, event, mask, ctx)
 
-    def encode(self, batch: Batch) -> Latents:
-        """Latents of unperturbed events (with a context for generative heads)."""
+    def encode(self, batch: Batch, clean: bool = True) -> Latents:
+        """Latents of unperturbed events, with a context for generative heads.
+
+        With ``clean=False`` only the context is built (objects and event are None): heads that
+        re-encode perturbed inputs themselves then cost one backbone pass, not two.
+        """
         x = self.normaliser.objects(batch.objects, batch.mask)
         g = self.normaliser.globals(batch.globals)
         ctx = ModelContext(x, batch.mask, g, self.normaliser, None)
         ctx.encode = lambda xx, t=None, noised=None: self._encode(xx, batch.mask, g, t, noised, ctx)
+        if not clean:
+            return Latents(None, None, batch.mask, ctx)
         objects, event = self.backbone(x, batch.mask, g, batch.objects[..., self.kin_index], None, None)
         return Latents(objects, event, batch.mask, ctx)
 
     def forward(self, batch: Batch) -> dict[str, dict[str, torch.Tensor]]:
-        latents = self.encode(batch)
+        clean = any(getattr(head, "uses_clean_latents", True) for head in self.heads.values())
+        latents = self.encode(batch, clean=clean)
         return {key: head(latents, batch) for key, head in self.heads.items()}
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float], dict[str, Any]]:

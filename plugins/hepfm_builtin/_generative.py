@@ -15,7 +15,7 @@ from torch import nn
 from hepfm import Batch
 from hepfm.components import HeadDims, Latents, Params
 from hepfm.model.backbone import MLP
-from hepfm.model.diffusion import ddim_sample, noise, predict_x0_eps, time_embedding
+from hepfm.model.diffusion import alpha_sigma, ddim_sample, noise, predict_x0_eps, time_embedding
 
 
 def _masked_mse(pred: torch.Tensor, target: torch.Tensor, sel: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -40,12 +40,20 @@ class VisibleDiffusionHead(nn.Module):
     name: ClassVar[str] = "visible_diffusion"
     description: ClassVar[str] = "masked-object denoising (v-prediction, cosine schedule); self-supervised"
     Params: ClassVar[type] = VisibleDiffusionParams
+    uses_clean_latents: ClassVar[bool] = False  # it encodes the perturbed event itself
 
     def __init__(self, params: VisibleDiffusionParams, dims: HeadDims) -> None:
         super().__init__()
         self.params = params
         self.mask_fraction = params.mask_fraction
-        self.out = MLP(dims.latent_dim, params.hidden, dims.schema.n_object_features)
+        n_f = dims.schema.n_object_features
+        # the noisy input and the time go straight to the output (v = (alpha x_t - x0) / sigma needs x_t exactly)
+        self.out = MLP(dims.latent_dim + n_f + 2, params.hidden, n_f)
+
+    def _v(self, latents: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a, s = alpha_sigma(t)
+        ts = torch.stack([a, s], -1).unsqueeze(1).expand(-1, x_t.shape[1], -1)
+        return self.out(torch.cat([latents, x_t, ts], dim=-1))  # [B, N, F]
 
     def set_mask_fraction(self, fraction: float) -> None:
         """Used by the trainer to ramp the masking (EveNet: from 10% to 100%)."""
@@ -65,7 +73,7 @@ class VisibleDiffusionHead(nn.Module):
         x_t, v = noise(x0, t)
         x_in = torch.where(noised.unsqueeze(-1), x_t, x0)
         lat = ctx.encode(x_in, t=t, noised=noised)
-        return {"v_hat": self.out(lat.objects), "v": v, "noised": noised, "x_t": x_in, "t": t}
+        return {"v_hat": self._v(lat.objects, x_in, t), "v": v, "noised": noised, "x_t": x_in, "t": t}
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         loss = _masked_mse(outputs["v_hat"], outputs["v"], outputs["noised"].float(), batch.weights)
@@ -85,7 +93,7 @@ class VisibleDiffusionHead(nn.Module):
 
         def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             x_in = torch.where(which.unsqueeze(-1), x_t, x0)
-            return self.out(ctx.encode(x_in, t=t, noised=which).objects)
+            return self._v(ctx.encode(x_in, t=t, noised=which).objects, x_in, t)
 
         x = ddim_sample(model, tuple(x0.shape), steps or self.params.steps, generator, x0.device)
         x = torch.where(which.unsqueeze(-1), x, x0)
@@ -125,7 +133,7 @@ class InvisibleDiffusionHead(nn.Module):
         )
         self.norms = nn.ModuleList([nn.LayerNorm(d) for _ in range(3 * params.layers)])
         self.mlps = nn.ModuleList([MLP(d, 2 * d, d) for _ in range(params.layers)])
-        self.out = nn.Linear(d, c)
+        self.out = MLP(d + c + 2, d, c)  # the noisy input and the time go straight to the output
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, latents: Latents) -> torch.Tensor:
         """v prediction [B, P, C] for noisy x_t at times t, conditioned on the latents."""
@@ -148,7 +156,9 @@ class InvisibleDiffusionHead(nn.Module):
             q = self.norms[3 * i + 1](h)
             h = h + self.self_attn[i](q, q, q, need_weights=False)[0]
             h = h + self.mlps[i](self.norms[3 * i + 2](h))
-        return self.out(h)
+        a, s = alpha_sigma(t)
+        ts = torch.stack([a, s], -1).unsqueeze(1).expand(-1, p, -1)
+        return self.out(torch.cat([h, x_t, ts], dim=-1))
 
     def _x0(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         target = batch.targets[self.params.target][..., self.params.components].float() / self.params.scale
