@@ -136,7 +136,7 @@ class InvisibleDiffusionHead(nn.Module):
         self.out = MLP(d + c + 2, d, c)  # the noisy input and the time go straight to the output
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, latents: Latents) -> torch.Tensor:
-        """v prediction [B, P, C] for noisy x_t at times t, conditioned on the latents."""
+        """The v prediction [B, P, C] for noisy x_t at times t, conditioned on the latents."""
         b, p, _ = x_t.shape
         ids = torch.eye(p, device=x_t.device).expand(b, p, p)
         cond = self.cond(torch.cat([latents.event, time_embedding(t, self.dim)], dim=-1))  # [B, D]
