@@ -16,7 +16,7 @@ from .generate import generate_store
 from .schema import EventBlock
 from .store import EventLoader, EventStore, StoreWriter
 
-__all__ = ["bench_loader", "epoch_peak_rss"]
+__all__ = ["bench_loader", "bench_model", "epoch_peak_rss"]
 
 _RSS_SCRIPT = """
 import json, sys, time
@@ -118,4 +118,97 @@ def bench_loader(
                 "workers=2 main": rss2["peak_rss_main"],
                 "workers=2 worker": rss2["peak_rss_worker"],
             }
+        return result
+
+
+def _matmul_flops(seconds: float = 1.0, n: int = 1024) -> float:
+    """Dense float32 matmul FLOP/s of this machine (the MFU denominator), at torch's thread count."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    count, t = 0, time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        a @ b
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - t)
+
+
+def bench_model(
+    presets: tuple[str, ...] = ("tiny", "small"),
+    batch_size: int = 256,
+    seconds: float = 5.0,
+    directory: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Parameters, FLOPs per event, train-step and inference events/s per preset, and MFU.
+
+    The model is the backbone with a classification head on 18 x 7 inputs (toy events). A train
+    step is forward, loss, backward, gradient clipping and AdamW. MFU is the achieved train FLOP/s
+    (forward + backward FLOPs counted by ``torch.utils.flop_counter``) over the dense matmul
+    FLOP/s measured in the same run.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from . import plugins
+    from .model import PRESETS, EventModel
+
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        store = generate_store({"toy_signal": 0.5, "toy_background": 0.5}, max(batch_size, 4096), Path(tmp) / "m.zarr")
+        batch = next(iter(EventLoader(store, batch_size=batch_size, shuffle=False)))
+        cls = plugins.heads().get("classification")
+        peak = _matmul_flops()
+        result: dict[str, Any] = {"batch_size": batch_size, "threads": torch.get_num_threads(), "matmul_flops": peak}
+        for preset in presets:
+            torch.manual_seed(0)
+            model = EventModel(store.schema, store.stats, PRESETS[preset], {"p": (cls, cls.Params(num_classes=2), 1.0)})
+            params = sum(p.numel() for p in model.parameters())
+            opt = torch.optim.AdamW(model.parameters(), 1e-3)
+
+            def step():
+                loss, _, _ = model.loss(batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+
+            model.train()
+            with FlopCounterMode(display=False) as fc:
+                loss, _, _ = model.loss(batch)
+                loss.backward()
+            train_flops = fc.get_total_flops() / batch_size
+            model.eval()
+            with torch.no_grad(), FlopCounterMode(display=False) as fc:
+                model(batch)
+            infer_flops = fc.get_total_flops() / batch_size
+
+            def rate(fn, train: bool) -> float:
+                model.train(train)
+                ctx = torch.enable_grad() if train else torch.no_grad()
+                with ctx:
+                    fn()
+                    n, t = 0, time.perf_counter()
+                    while time.perf_counter() - t < seconds:
+                        fn()
+                        n += batch_size
+                return n / (time.perf_counter() - t)
+
+            train_rate = rate(step, True)
+            infer_rate = rate(lambda: model(batch), False)
+            result[preset] = {
+                "parameters": params,
+                "forward_flops_per_event": infer_flops,
+                "train_flops_per_event": train_flops,
+                "train_events_per_s": train_rate,
+                "inference_events_per_s": infer_rate,
+                "mfu_train": train_rate * train_flops / peak,
+                "mfu_inference": infer_rate * infer_flops / peak,
+            }
+        for preset in PRESETS:
+            if preset not in presets:
+                model = EventModel(
+                    store.schema, store.stats, PRESETS[preset], {"p": (cls, cls.Params(num_classes=2), 1.0)}
+                )
+                result.setdefault("parameters_only", {})[preset] = sum(p.numel() for p in model.parameters())
         return result

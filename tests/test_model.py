@@ -226,3 +226,14 @@ def test_diffusion_recovers_gaussian_mixture():
     c_gen, c_ref = torch.cov(gen.T), torch.cov(ref.T)
     assert (c_gen - c_ref).abs().max() < 0.1 * c_ref.abs().max(), (c_gen, c_ref)
     assert np.allclose(np.diag(c_gen.numpy()), np.diag(c_ref.numpy()), rtol=0.1)
+
+
+def test_bench_model_figures():
+    from hepfm.bench import bench_model
+
+    r = bench_model(presets=("tiny",), batch_size=32, seconds=0.3)
+    tiny = r["tiny"]
+    assert tiny["parameters"] < 1e6 and tiny["forward_flops_per_event"] > 1e5
+    assert tiny["train_flops_per_event"] > 2 * tiny["forward_flops_per_event"]
+    assert tiny["train_events_per_s"] > 0 and 0 < tiny["mfu_train"] < 1
+    assert set(r["parameters_only"]) == {"small", "lite", "standard"}

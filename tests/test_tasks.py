@@ -69,7 +69,7 @@ metrics: [roc_auc, bogus]
     got = e.value.problems
     expected = [
         (2, "trian", "Extra inputs"),
-        (3, "dataset.name", "unknown dataset 'zar'; known: synthetic, zarr"),
+        (3, "dataset.name", "unknown dataset 'zar'; known: "),  # every registered dataset, converters included
         (7, "heads.p.params.num_classes", "valid integer"),
         (7, "heads.p.params.hiden", "Extra inputs"),
         (8, "heads.q.name", "unknown head 'nope'; known: assignment, classification"),
@@ -145,8 +145,16 @@ def test_training_commands_take_set_and_say_not_landed(tmp_path, cli):
         ["embed", tmp_path, "--data", tmp_path, "--out", tmp_path],
         ["probe", tmp_path, "--target", "x"],
         ["evaluate", tmp_path, "--data", tmp_path],
-        ["bench", "model"],
-        ["convert", "x.root", "--format", "delphes", "--out", "o.zarr"],
+        ["bench", "train"],
     ):
         r = cli(*cmd)
         assert r.exit_code == 2 and len(r.error_lines) == 1 and "not available" in r.stderr, (cmd, r.stderr)
+    # convert has landed (issue 7): an unknown format or a missing input is bad input (exit 1), in one line
+    assert_one_line_error(
+        cli("convert", tmp_path / "x.root", "--format", "nope", "--out", tmp_path / "o.zarr"),
+        "unknown format 'nope'",
+        "delphes",
+    )
+    assert_one_line_error(
+        cli("convert", tmp_path / "x.root", "--format", "delphes", "--out", tmp_path / "o.zarr"), "x.root"
+    )
