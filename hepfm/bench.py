@@ -135,6 +135,30 @@ def _matmul_flops(seconds: float = 1.0, n: int = 1024) -> float:
     return 2 * n**3 * count / (time.perf_counter() - t)
 
 
+def _train_step(model, opt, batch) -> None:
+    import torch
+
+    loss, _, _ = model.loss(batch)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+
+
+def _rate(fn, model, train: bool, seconds: float, batch_size: int) -> float:
+    """Events/s of ``fn`` (one batch per call), after one warm-up call."""
+    import torch
+
+    model.train(train)
+    with torch.enable_grad() if train else torch.no_grad():
+        fn()
+        n, t = 0, time.perf_counter()
+        while time.perf_counter() - t < seconds:
+            fn()
+            n += batch_size
+    return n / (time.perf_counter() - t)
+
+
 def bench_model(
     presets: tuple[str, ...] = ("tiny", "small"),
     batch_size: int = 256,
@@ -166,13 +190,6 @@ def bench_model(
             params = sum(p.numel() for p in model.parameters())
             opt = torch.optim.AdamW(model.parameters(), 1e-3)
 
-            def step():
-                loss, _, _ = model.loss(batch)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-
             model.train()
             with FlopCounterMode(display=False) as fc:
                 loss, _, _ = model.loss(batch)
@@ -183,19 +200,8 @@ def bench_model(
                 model(batch)
             infer_flops = fc.get_total_flops() / batch_size
 
-            def rate(fn, train: bool) -> float:
-                model.train(train)
-                ctx = torch.enable_grad() if train else torch.no_grad()
-                with ctx:
-                    fn()
-                    n, t = 0, time.perf_counter()
-                    while time.perf_counter() - t < seconds:
-                        fn()
-                        n += batch_size
-                return n / (time.perf_counter() - t)
-
-            train_rate = rate(step, True)
-            infer_rate = rate(lambda: model(batch), False)
+            train_rate = _rate(lambda m=model, o=opt: _train_step(m, o, batch), model, True, seconds, batch_size)
+            infer_rate = _rate(lambda m=model: m(batch), model, False, seconds, batch_size)
             result[preset] = {
                 "parameters": params,
                 "forward_flops_per_event": infer_flops,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__, plugins
@@ -33,7 +34,7 @@ def _command(fn):
         try:
             return fn(*args, **kwargs)
         except HepfmError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper
@@ -68,17 +69,26 @@ def generate(
     param: Annotated[list[str] | None, typer.Option("--param", help="generator parameter key=value")] = None,
     chunk_events: Annotated[int, typer.Option(help="events per chunk")] = 4096,
     overwrite: Annotated[bool, typer.Option(help="replace an existing store")] = False,
+    fast: Annotated[
+        bool, typer.Option("--fast", help="multi-parton interactions off (generators with a `fast` parameter)")
+    ] = False,
 ) -> None:
     """Generate events into a Zarr event store (resumes an interrupted run with the same arguments)."""
-    from .generate import parse_processes, plan_generation, run_generation
+    from .generate import find_generator, parse_processes, plan_generation, run_generation
     from .tasks import parse_override
 
     params = {}
     for p in param or []:
         key, value = parse_override(p)
         params[".".join(key)] = value
+    fractions = parse_processes(processes)
+    if fast:
+        cls = find_generator(list(fractions), generator)
+        if "fast" not in getattr(cls.Params, "model_fields", {}):
+            raise HepfmError(f"--fast: generator '{cls.name}' has no fast mode (it has no `fast` parameter)")
+        params["fast"] = True
     plan = plan_generation(
-        parse_processes(processes),
+        fractions,
         events,
         out,
         seed=seed,
@@ -96,14 +106,65 @@ def generate(
 @command()
 def convert(
     inputs: Annotated[list[str], typer.Argument(help="input files")],
-    format: Annotated[str, typer.Option("--format", help="delphes | parquet | spanet")],
-    out: Annotated[Path, typer.Option("--out", "-o")],
-    map: Annotated[Path | None, typer.Option("--map", help="mapping YAML")] = None,
+    format: Annotated[str, typer.Option("--format", help="delphes | parquet | spanet (or a plugin's converter)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="event store to write (*.zarr)")],
+    map: Annotated[
+        Path | None, typer.Option("--map", help="mapping YAML: the converter's parameters (docs/convert.md)")
+    ] = None,
+    process: Annotated[
+        list[str] | None, typer.Option("--process", help="process name of each input, in order (repeat per input)")
+    ] = None,
+    chunk_events: Annotated[int, typer.Option(help="events per chunk")] = 4096,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing store")] = False,
 ) -> None:
-    """Convert foreign files (Delphes ROOT, Parquet, SPANet HDF5) into an event store."""
-    converters = [r.name for r in plugins.datasets() if getattr(r.cls, "kind", None) == "converter"]
-    if format not in converters:
-        _not_landed(f"convert --format {format}", 7)
+    """Convert foreign files (Delphes ROOT, Parquet, SPANet HDF5) into an event store (resumable)."""
+    from rich.markup import escape
+
+    from .convert import plan_conversion, run_conversion
+
+    try:
+        plan = plan_conversion(
+            inputs, format, out, mapping=map, labels=process, chunk_events=chunk_events, overwrite=overwrite
+        )
+        err_console.print(plan.describe(), markup=False, highlight=False)
+        result = run_conversion(plan)
+    except HepfmError as exc:  # the error handler prints rich markup: keep brackets such as hepfm[ingest]
+        exc.args = (escape(str(exc)),)
+        raise
+    for note in result.notes:
+        err_console.print(f"note: {note}", markup=False, highlight=False)
+    console.print(
+        f"wrote {result.store.n_events} events to {result.store.path} "
+        f"({result.n_events} converted at {result.events_per_s:,.0f} events/s)",
+        markup=False,
+        highlight=False,
+    )
+
+
+@command()
+def export(
+    store: Annotated[Path, typer.Argument(help="event store (*.zarr)")],
+    format: Annotated[str, typer.Option("--format", help="spanet")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="file to write, e.g. events.h5")],
+    overwrite: Annotated[bool, typer.Option(help="replace existing output files")] = False,
+) -> None:
+    """Write an event store in another format (SPANet HDF5 plus its event YAML)."""
+    from rich.markup import escape
+
+    from .convert import plan_export, run_export
+
+    try:
+        plan = plan_export(store, format, out, overwrite=overwrite)
+        err_console.print(plan.describe(), markup=False, highlight=False)
+        result = run_export(plan)
+    except HepfmError as exc:  # as in convert: keep brackets literal
+        exc.args = (escape(str(exc)),)
+        raise
+    console.print(
+        f"wrote {result.n_events} events to {', '.join(map(str, result.files))} ({result.events_per_s:,.0f} events/s)",
+        markup=False,
+        highlight=False,
+    )
 
 
 @command()
@@ -218,11 +279,34 @@ def list_plugins(json_out: Annotated[bool, typer.Option("--json")] = False) -> N
 # --------------------------------------------------------------------------------------------
 # training and downstream (contract fixed now; capabilities land with later issues)
 # --------------------------------------------------------------------------------------------
-def _resolve(task: Path, overrides: list[str] | None) -> None:
+def _resolve(task: Path, overrides: list[str] | None):
     from .tasks import load_task
 
     resolved = load_task(task, overrides or [])
-    err_console.print(f"resolved task {resolved.name} from {task}", highlight=False)
+    heads = ", ".join(f"{k}={h.name}" for k, h in resolved.heads.items())
+    t = resolved.train
+    err_console.print(
+        f"resolved task {resolved.name} from {task}: data {resolved.dataset.params.get('path')}, "
+        f"model {resolved.model.preset}, heads [{heads}], steps {t.max_steps or str(t.epochs) + ' epochs'}, "
+        f"batch {t.batch_size}, lr {t.lr}, engine {t.engine}",
+        highlight=False,
+        markup=False,
+    )
+    return resolved
+
+
+WandbOpt = Annotated[str, typer.Option("--wandb", help="offline (default, no network) | online | disabled")]
+
+
+def _train(task, out: Path | None, resume: bool, fraction: float, wandb: str) -> None:
+    from .train import train
+
+    result = train(task, out or Path("runs") / task.name, resume=resume, fraction=fraction, wandb_mode=wandb)
+    console.print(
+        f"trained {result.steps} steps; best validation loss {result.best_val}; run folder {result.run} "
+        f"(checkpoints/best.safetensors, metrics.jsonl, MODEL_CARD.md)",
+        highlight=False,
+    )
 
 
 @command()
@@ -232,11 +316,11 @@ def pretrain(
     out: Annotated[Path | None, typer.Option(help="run folder")] = None,
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option(help="continue an interrupted run")] = False,
+    wandb: WandbOpt = "offline",
 ) -> None:
-    """Pretrain a backbone (self-supervised, then multi-task)."""
+    """Pretrain a backbone (self-supervised stage, then multi-task), as the task's stages declare."""
     overrides = list(set_ or []) + ([f"dataset.params.path={data}"] if data else [])
-    _resolve(task, overrides)
-    _not_landed("pretrain", 5)
+    _train(_resolve(task, overrides), out, resume, 1.0, wandb)
 
 
 @command()
@@ -248,12 +332,12 @@ def finetune(
     fraction: Annotated[float, typer.Option(help="train on this fraction of the training split")] = 1.0,
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option(help="continue an interrupted run")] = False,
+    wandb: WandbOpt = "offline",
 ) -> None:
-    """Fine-tune a pretrained backbone with the heads a task names."""
+    """Fine-tune a pretrained backbone with the heads a task names (or train from scratch without init)."""
     overrides = list(set_ or []) + ([f"dataset.params.path={data}"] if data else [])
     overrides += [f"init.checkpoint={init}"] if init else []
-    _resolve(task, overrides)
-    _not_landed("finetune", 5)
+    _train(_resolve(task, overrides), out, resume, fraction, wandb)
 
 
 @command()
@@ -311,10 +395,13 @@ def bench(
     batch_size: Annotated[int, typer.Option()] = 1024,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the figures here")] = None,
 ) -> None:
-    """Measure throughput and memory (loader now; model and train with the model)."""
+    """Measure throughput and memory: loader (store I/O), model (size, FLOPs, speed), train."""
+    if kind == "model":
+        _bench_model(batch_size, json_out)
+        return
     if kind != "loader":
-        if kind in ("model", "train"):
-            _not_landed(f"bench {kind}", 4 if kind == "model" else 5)
+        if kind == "train":
+            _not_landed(f"bench {kind}", 5)
         raise HepfmError(f"unknown benchmark '{kind}'; known: loader, model, train")
     from .bench import bench_loader
 
@@ -334,6 +421,33 @@ def bench(
     for k, v in r.get("peak_rss_bytes", {}).items():
         t.add_row(f"peak RSS, {r['rss_events']:,}-event epoch, {k}", f"{v / 2**20:,.0f} MiB")
     console.print(t)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(r, indent=2))
+
+
+def _bench_model(batch_size: int, json_out: Path | None) -> None:
+    from .bench import bench_model
+
+    r = bench_model(batch_size=batch_size)
+    t = Table(title=f"bench model (batch {r['batch_size']}, 18x7 inputs, {r['threads']} threads)", title_justify="left")
+    for col in ("preset", "parameters", "fwd GFLOP/event", "train ev/s", "infer ev/s", "MFU train", "MFU infer"):
+        t.add_column(col, justify="right")
+    for preset in ("tiny", "small"):
+        m = r[preset]
+        t.add_row(
+            preset,
+            f"{m['parameters'] / 1e6:.2f}M",
+            f"{m['forward_flops_per_event'] / 1e9:.4f}",
+            f"{m['train_events_per_s']:,.0f}",
+            f"{m['inference_events_per_s']:,.0f}",
+            f"{100 * m['mfu_train']:.1f}%",
+            f"{100 * m['mfu_inference']:.1f}%",
+        )
+    for preset, n in r.get("parameters_only", {}).items():
+        t.add_row(preset, f"{n / 1e6:.2f}M", "", "", "", "", "")
+    console.print(t)
+    console.print(f"dense matmul: {r['matmul_flops'] / 1e9:.1f} GFLOP/s", highlight=False)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(r, indent=2))

@@ -109,11 +109,30 @@ class Generator(Dataset, Protocol):
 
 @runtime_checkable
 class Converter(Dataset, Protocol):
-    """A dataset that reads foreign files: ``read(paths)`` yields ``EventBlock`` s, streaming."""
+    """A dataset that reads foreign files (``hepfm convert --format NAME``), streaming.
+
+    Built as ``cls(params, schema)``; ``params`` is its ``Params`` validated from the ``--map``
+    YAML. It may raise ``hepfm.convert.MappingError(loc, message)`` for a parameter that cannot
+    work, and the driver names the mapping file, line and key.
+
+    ``describe(path)`` opens one input cheaply (metadata only), checks that every field the params
+    name exists with consistent lengths, and returns a ``hepfm.convert.SourceInfo``: the events it
+    will yield and the targets (name -> {"dtype", "shape"}), process names and topology its blocks
+    carry. The driver calls it for every input before writing anything.
+
+    ``read(paths, step)`` yields ``EventBlock`` s of at most ``step`` events, in file order, with
+    exactly the described targets; memory must not grow with the file. Optional members:
+    ``counters`` (a dict the driver reports after the run, e.g. ``truncated`` events),
+    ``path_params`` (names of params that are file paths, resolved relative to the mapping file),
+    and, for a format that can also be written (``hepfm export``), ``export(store, out, advance)``
+    returning the files written, with ``export_companions(out)`` naming any file besides ``out``.
+    """
 
     def __init__(self, params: BaseModel, schema: EventSchema) -> None: ...
 
-    def read(self, paths: list[str]) -> Iterator[EventBlock]: ...
+    def describe(self, path: str) -> Any: ...
+
+    def read(self, paths: list[str], step: int = 8192) -> Iterator[EventBlock]: ...
 
 
 @runtime_checkable

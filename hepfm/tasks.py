@@ -24,6 +24,7 @@ __all__ = [
     "InitSpec",
     "ModelSpec",
     "TrainSpec",
+    "StageSpec",
     "Task",
     "load_task",
     "validate_files",
@@ -68,6 +69,17 @@ class ModelSpec(_Strict):
     feature_dropout: float | None = Field(None, ge=0, lt=1)
 
 
+class StageSpec(_Strict):
+    """One training stage: which heads train, for what share of the steps, and the masking ramp."""
+
+    name: str
+    fraction: float = Field(gt=0, le=1, description="share of the total steps")
+    heads: list[str] | None = Field(None, description="head keys trained in this stage (default: all)")
+    mask_fraction: tuple[float, float] | None = Field(
+        None, description="visible-diffusion masking fraction ramped linearly from start to end"
+    )
+
+
 class TrainSpec(_Strict):
     """Optimisation and run settings."""
 
@@ -84,8 +96,11 @@ class TrainSpec(_Strict):
     zero_stage: int = Field(0, ge=0, le=3)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     seed: int = 0
-    val_every: int = Field(200, ge=1)
+    val_every: int = Field(200, ge=1, description="steps between validations and checkpoints")
+    val_batches: int | None = Field(20, ge=1, description="batches per validation (None: the whole split)")
+    log_every: int = Field(10, ge=1)
     num_workers: int = Field(0, ge=0)
+    stages: list[StageSpec] = Field(default_factory=list, description="training stages (default: one, all heads)")
 
 
 class Task(_Strict):

@@ -87,17 +87,22 @@ class EventModel(nn.Module):
         objects, event = self.backbone(x, batch.mask, g, batch.objects[..., self.kin_index], None, None)
         return Latents(objects, event, batch.mask, ctx)
 
-    def forward(self, batch: Batch) -> dict[str, dict[str, torch.Tensor]]:
-        clean = any(getattr(head, "uses_clean_latents", True) for head in self.heads.values())
+    def forward(self, batch: Batch, heads: list[str] | None = None) -> dict[str, dict[str, torch.Tensor]]:
+        """Outputs of the named heads (all by default)."""
+        active = {k: self.heads[k] for k in (heads if heads is not None else self.heads)}
+        clean = any(getattr(head, "uses_clean_latents", True) for head in active.values())
         latents = self.encode(batch, clean=clean)
-        return {key: head(latents, batch) for key, head in self.heads.items()}
+        return {key: head(latents, batch) for key, head in active.items()}
 
-    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float], dict[str, Any]]:
-        """Weighted sum of head losses, every part for logging, and the head outputs."""
-        outputs = self(batch)
+    def loss(
+        self, batch: Batch, heads: list[str] | None = None
+    ) -> tuple[torch.Tensor, dict[str, float], dict[str, Any]]:
+        """Weighted sum of the named heads' losses, every part for logging, and the head outputs."""
+        outputs = self(batch, heads)
         total = torch.zeros((), device=batch.objects.device)
         parts: dict[str, float] = {}
-        for key, head in self.heads.items():
+        for key in outputs:
+            head = self.heads[key]
             loss, named = head.loss(outputs[key], batch)
             total = total + self.loss_weights[key] * loss
             parts[key] = float(loss.detach())

@@ -1,0 +1,749 @@
+"""Bring your own events: convert foreign files into event stores, and export stores to other formats.
+
+A conversion is planned, then run, like a generation (``hepfm.generate``):
+
+``plan_conversion`` finds the converter plugin for ``--format``, validates its parameters (the
+``--map`` YAML) with errors naming the mapping file, line and key, and opens every input cheaply
+(``Converter.describe``) so that a missing branch, column or dataset, a length mismatch or an
+unknown target is reported before anything is written. ``run_conversion`` then streams the inputs
+block by block (``Converter.read``) into a ``StoreWriter``: memory does not grow with the input,
+and the store is marked complete only after the last event. Rerunning an interrupted conversion
+with the same arguments resumes it.
+
+Several inputs are interleaved in proportion to their sizes, so every chunk of the output holds a
+mix of them (useful when each input is one process, labelled with ``labels``).
+
+``export_store`` (``hepfm export``) writes a store in another format through a converter that can
+also write (``spanet``: SPANet's HDF5 layout and its event YAML); ``export_spanet`` is the shortcut.
+
+The helpers ``jagged_to_padded``, ``pack_objects``, ``remap_indices`` and ``energy_from_mass`` are
+public: third-party converters use them to build ``EventBlock`` s the same way the built-in ones do.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from . import __version__, plugins
+from ._errors import HepfmError, StoreError
+from ._progress import progress
+from .schema import EventBlock, EventSchema
+from .store import DEFAULT_CHUNK, EventStore, StoreWriter
+
+__all__ = [
+    "SourceInfo",
+    "MappingError",
+    "ObjectGroup",
+    "Packed",
+    "require",
+    "jagged_to_padded",
+    "energy_from_mass",
+    "pack_objects",
+    "remap_indices",
+    "find_converter",
+    "load_mapping",
+    "ConversionPlan",
+    "ConversionResult",
+    "plan_conversion",
+    "run_conversion",
+    "convert_files",
+    "ExportResult",
+    "ExportPlan",
+    "plan_export",
+    "run_export",
+    "export_store",
+    "export_spanet",
+]
+
+DEFAULT_STEP = 8192
+
+
+# --------------------------------------------------------------------------------------------
+# what converters hand to the driver
+# --------------------------------------------------------------------------------------------
+@dataclass
+class SourceInfo:
+    """What one input holds, found by ``Converter.describe`` from metadata, before any writing.
+
+    Attributes:
+        n_events: Events the input will yield.
+        targets: Target name -> {"dtype", "shape"} (shape without the event axis) of its blocks.
+        processes: Process names that ``targets/process`` indexes (empty when it has no process).
+        topology: Decay topology of its assignment targets (see docs/convert.md), or {}.
+    """
+
+    n_events: int
+    targets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    processes: list[str] = field(default_factory=list)
+    topology: dict[str, Any] = field(default_factory=dict)
+
+
+class MappingError(HepfmError):
+    """A converter parameter (a ``--map`` key) that is valid YAML but cannot work.
+
+    Args:
+        loc: Key path inside the mapping, e.g. ("objects", "jets", "features", "E").
+        message: What is wrong.
+    """
+
+    def __init__(self, loc: tuple, message: str) -> None:
+        self.loc = tuple(loc)
+        self.problem = message
+        super().__init__(f"{'.'.join(str(p) for p in self.loc) or '(top level)'}: {message}")
+
+
+def require(module: str, converter: str) -> ModuleType:
+    """Import an optional dependency of a converter, or fail with one line naming the extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise HepfmError(
+            f"converter '{converter}' needs the Python package '{module}', which is not installed; "
+            f"install the ingest extra: pip install 'hepfm[ingest]'"
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------
+# array helpers shared by converters
+# --------------------------------------------------------------------------------------------
+def jagged_to_padded(counts: np.ndarray, flat: np.ndarray, width: int, dtype: Any = np.float64) -> np.ndarray:
+    """Per-event variable-length values as a padded [n, width] array (entries beyond width dropped).
+
+    Args:
+        counts: [n] entries per event.
+        flat: All entries, event after event (``sum(counts)`` values).
+        width: Columns of the result.
+        dtype: Result dtype; padding is 0.
+    """
+    counts = np.asarray(counts, np.int64)
+    n = len(counts)
+    out = np.zeros((n, width), dtype)
+    if width == 0 or len(flat) == 0:
+        return out
+    starts = np.cumsum(counts) - counts
+    local = np.arange(len(flat), dtype=np.int64) - np.repeat(starts, counts)
+    keep = local < width
+    rows = np.repeat(np.arange(n), counts)[keep]
+    out[rows, local[keep]] = np.asarray(flat)[keep]
+    return out
+
+
+def energy_from_mass(pt: np.ndarray, eta: np.ndarray, mass: np.ndarray | float) -> np.ndarray:
+    """E = sqrt((pT cosh eta)^2 + m^2), in float64."""
+    pt, eta = np.asarray(pt, np.float64), np.asarray(eta, np.float64)
+    return np.sqrt((pt * np.cosh(eta)) ** 2 + np.asarray(mass, np.float64) ** 2)
+
+
+@dataclass
+class ObjectGroup:
+    """One collection of objects (jets, electrons, one SPANet input, ...) padded to a fixed width.
+
+    Attributes:
+        features: Schema feature name -> [n, m] values (every schema object feature).
+        mask: [n, m] bool, True for a real object.
+        sources: Feature -> the input field it came from, for error messages.
+    """
+
+    features: dict[str, np.ndarray]
+    mask: np.ndarray
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Packed:
+    """Objects of a block in the schema's layout.
+
+    Attributes:
+        objects: float32 [n, N, F], pT-descending, zeros where masked.
+        mask: bool [n, N].
+        slot: [n, N] position of each kept object in the concatenation of the groups' slots
+            (group after group, each ``m`` wide), -1 for padding: what SPANet-style indices count.
+        source_mask: bool [n, M], the concatenated masks of the groups.
+        truncated: Events that had more than N objects (the lowest-pT ones were dropped).
+    """
+
+    objects: np.ndarray
+    mask: np.ndarray
+    slot: np.ndarray
+    source_mask: np.ndarray
+    truncated: int
+
+
+def pack_objects(schema: EventSchema, groups: list[ObjectGroup], where: str, first_event: int = 0) -> Packed:
+    """Concatenate object groups, order by pT (descending, stable), keep ``schema.max_objects``.
+
+    Args:
+        schema: Event schema; every group must give all its object features, and ``pt``.
+        groups: The collections, in the order their slots are numbered.
+        where: The input file, for error messages.
+        first_event: Index of the block's first event in the file, for error messages.
+
+    Raises:
+        HepfmError: A real object with a NaN or infinite feature (naming the file and field).
+    """
+    names = schema.object_names
+    n = len(groups[0].mask) if groups else 0
+    width = sum(g.mask.shape[1] for g in groups)
+    x = np.zeros((n, width, len(names)), np.float32)
+    source_mask = np.zeros((n, width), bool)
+    at = 0
+    for g in groups:
+        m = g.mask.shape[1]
+        source_mask[:, at : at + m] = g.mask
+        missing = [name for name in names if name not in g.features]
+        if missing:
+            raise HepfmError(f"{where}: no values for object features {missing}")
+        checked = [
+            *(k for k in ("pt", "eta", "phi") if k in names),
+            *(k for k in names if k not in ("pt", "eta", "phi")),
+        ]
+        for name in checked:  # the measured kinematics first: a NaN there is named, not its derived E
+            j = names.index(name)
+            values = np.asarray(g.features[name])
+            bad = g.mask & ~np.isfinite(values)
+            if bad.any():
+                ev, obj = np.argwhere(bad)[0]
+                field_name = g.sources.get(name, name)
+                raise HepfmError(
+                    f"{where}: field '{field_name}' is {values[ev, obj]} (NaN or inf) for object {obj} of event "
+                    f"{first_event + ev}"
+                )
+            x[:, at : at + m, j] = np.where(g.mask, values, 0.0)
+        at += m
+    big_n = schema.max_objects
+    pt = x[..., names.index("pt")]
+    order = np.argsort(np.where(source_mask, -pt, np.inf), axis=1, kind="stable")[:, :big_n]
+    mask = np.take_along_axis(source_mask, order, axis=1)
+    objects = np.take_along_axis(x, order[..., None], axis=1)
+    slot = np.where(mask, order, -1)
+    if order.shape[1] < big_n:
+        pad = big_n - order.shape[1]
+        objects = np.concatenate([objects, np.zeros((n, pad, len(names)), np.float32)], axis=1)
+        mask = np.concatenate([mask, np.zeros((n, pad), bool)], axis=1)
+        slot = np.concatenate([slot, np.full((n, pad), -1, slot.dtype)], axis=1)
+    objects[~mask] = 0.0
+    truncated = int((source_mask.sum(1) > big_n).sum())
+    return Packed(objects, mask, slot, source_mask, truncated)
+
+
+def remap_indices(
+    packed: Packed, indices: np.ndarray, where: str, field_name: str, first_event: int = 0
+) -> tuple[np.ndarray, int]:
+    """Assignment indices into the groups' slots -> indices into the packed (pT-ordered) objects.
+
+    -1 stays -1 (no matched object). An index of an object dropped by the ``max_objects`` cap
+    becomes -1 and is counted.
+
+    Returns:
+        ([n, k] int64 new indices, how many indices were lost to the cap).
+
+    Raises:
+        HepfmError: An index outside -1..M-1 or one that points at a padding slot.
+    """
+    idx = np.asarray(indices, np.int64)
+    squeeze = idx.ndim == 1
+    if squeeze:
+        idx = idx[:, None]
+    n, width = packed.source_mask.shape
+    bad = (idx < -1) | (idx >= width)
+    if bad.any():
+        ev, k = np.argwhere(bad)[0]
+        raise HepfmError(
+            f"{where}: field '{field_name}' holds index {idx[ev, k]} in event {first_event + ev}, "
+            f"outside -1..{width - 1} (the objects' slots)"
+        )
+    valid = idx >= 0
+    rows = np.broadcast_to(np.arange(n)[:, None], idx.shape)
+    safe = np.where(valid, idx, 0)
+    real = valid & packed.source_mask[rows, safe] if width else valid & False
+    if (valid & ~real).any():
+        ev, k = np.argwhere(valid & ~real)[0]
+        raise HepfmError(
+            f"{where}: field '{field_name}' points at object {idx[ev, k]} in event {first_event + ev}, "
+            f"which the mask marks as padding"
+        )
+    inverse = np.full((n, max(width, 1)), -1, np.int64)
+    r, c = np.nonzero(packed.slot >= 0)
+    inverse[r, packed.slot[r, c]] = c
+    out = np.where(valid, inverse[rows, safe], -1)
+    lost = int((valid & (out < 0)).sum())
+    return (out[:, 0] if squeeze else out), lost
+
+
+# --------------------------------------------------------------------------------------------
+# converter lookup and mapping files
+# --------------------------------------------------------------------------------------------
+def _converters() -> list:
+    return [r for r in plugins.datasets() if getattr(r.cls, "kind", None) == "converter"]
+
+
+def find_converter(name: str) -> type:
+    """The converter plugin registered as ``name`` (the ``--format`` value)."""
+    found = [r.cls for r in _converters() if r.name == name]
+    if not found:
+        known = ", ".join(r.name for r in _converters()) or "(none installed)"
+        raise HepfmError(f"unknown format '{name}'; converters: {known}")
+    return found[0]
+
+
+def load_mapping(path: str | os.PathLike, model: type[BaseModel]) -> BaseModel:
+    """Read a mapping YAML and validate it with a converter's ``Params``.
+
+    Problems are reported on one line as ``FILE:LINE: key: message`` (several joined by ``;``).
+    """
+    from .tasks import _dotted, _key_lines, _line_of
+
+    path = Path(path)
+    if not path.is_file():
+        raise HepfmError(f"{path}: no such mapping file")
+    try:
+        text = path.read_text()
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise HepfmError(f"{path}{line}: YAML syntax error: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HepfmError(f"{path}: cannot read ({exc})") from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise HepfmError(f"{path}: a mapping file must be a mapping of keys, got {type(data).__name__}")
+    lines = _key_lines(node) if node is not None else {}
+    if hasattr(model, "from_mapping_file"):  # e.g. a SPANet event YAML given directly as --map
+        data = model.from_mapping_file(path, data)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            line = _line_of(lines, loc)
+            problems.append(f"{path}{f':{line}' if line else ''}: {_dotted(loc)}: {err['msg']}")
+        raise HepfmError("; ".join(dict.fromkeys(problems))) from None
+
+
+def _mapping_problem(exc: MappingError, mapping: Path | None) -> HepfmError:
+    if mapping is None:
+        return HepfmError(f"converter params: {exc}")
+    from .tasks import _key_lines, _line_of
+
+    try:
+        node = yaml.compose(mapping.read_text(), Loader=yaml.SafeLoader)
+        lines = _key_lines(node) if node is not None else {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        lines = {}
+    line = _line_of(lines, exc.loc)
+    return HepfmError(f"{mapping}{f':{line}' if line else ''}: {exc}")
+
+
+# --------------------------------------------------------------------------------------------
+# plan
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ConversionPlan:
+    """Everything a conversion needs, validated (inputs opened, fields checked) before writing."""
+
+    converter: type
+    params: BaseModel
+    schema: EventSchema
+    inputs: list[Path]
+    infos: list[SourceInfo]
+    out: Path
+    mapping: Path | None
+    labels: list[str] | None
+    targets: dict[str, dict[str, Any]]
+    processes: list[str]
+    topology: dict[str, Any]
+    chunk_events: int
+    step_events: int
+    overwrite: bool
+    action: str
+
+    @property
+    def n_events(self) -> int:
+        return sum(i.n_events for i in self.infos)
+
+    def describe(self) -> str:
+        inputs = ", ".join(str(p) for p in self.inputs[:3]) + (
+            f", ... ({len(self.inputs)} files)" if len(self.inputs) > 3 else ""
+        )
+        targets = ", ".join(f"{k} {v['dtype']}{v['shape']}" for k, v in self.targets.items()) or "none"
+        parts = [
+            f"convert {self.n_events} events from {len(self.inputs)} {self.converter.name} file(s) ({inputs})",
+            f"mapping {self.mapping}" if self.mapping else "default mapping",
+            f"targets: {targets}",
+        ]
+        if self.processes:
+            parts.append(f"processes: {', '.join(self.processes)}")
+        if self.topology.get("resonances"):
+            parts.append(f"resonances: {', '.join(self.topology['resonances'])}")
+        parts.append(f"chunk={self.chunk_events} -> {self.out} ({self.action})")
+        return "; ".join(parts)
+
+
+def _merge_infos(paths: list[Path], infos: list[SourceInfo], labels: list[str] | None) -> tuple[dict, list, dict]:
+    first = infos[0]
+    for path, info in zip(paths[1:], infos[1:], strict=True):
+        for key in ("targets", "processes", "topology"):
+            if getattr(info, key) != getattr(first, key):
+                raise HepfmError(
+                    f"{path}: its {key} ({getattr(info, key)}) differ from those of {paths[0]} "
+                    f"({getattr(first, key)}); convert such files into separate stores"
+                )
+    targets, processes = dict(first.targets), list(first.processes)
+    if labels is not None:
+        if "process" in targets:
+            raise HepfmError(
+                f"{paths[0]}: the input already carries a process target; drop --process or the mapping's process"
+            )
+        processes = list(dict.fromkeys(labels))
+        targets = {"process": {"dtype": "int32", "shape": []}, **targets}
+    return targets, processes, dict(first.topology)
+
+
+def plan_conversion(
+    inputs: list[str | os.PathLike],
+    format: str,
+    out: str | os.PathLike,
+    mapping: str | os.PathLike | None = None,
+    params: dict[str, Any] | None = None,
+    labels: list[str] | None = None,
+    schema: EventSchema | None = None,
+    chunk_events: int = DEFAULT_CHUNK,
+    step_events: int = DEFAULT_STEP,
+    overwrite: bool = False,
+) -> ConversionPlan:
+    """Validate a conversion request without writing anything.
+
+    Args:
+        inputs: Input files, converted in order (interleaved when several).
+        format: Converter name: ``delphes``, ``parquet``, ``spanet`` or a plugin's.
+        out: Event store to write (``*.zarr``).
+        mapping: Mapping YAML with the converter's parameters (see docs/convert.md).
+        params: The converter's parameters as a dict (instead of ``mapping``).
+        labels: One process name per input, stored as ``targets/process``.
+        schema: Event schema (default EveNet's).
+        chunk_events: Events per chunk of the store.
+        step_events: Events read from an input at a time (bounds memory).
+        overwrite: Replace an existing store.
+    """
+    if not inputs:
+        raise HepfmError("give at least one input file")
+    if chunk_events < 1:
+        raise HepfmError(f"--chunk-events must be positive, got {chunk_events}")
+    if step_events < 1:
+        raise HepfmError(f"step_events must be positive, got {step_events}")
+    if mapping is not None and params is not None:
+        raise HepfmError("give the converter parameters either as a mapping file or as params, not both")
+    cls = find_converter(format)
+    paths = [Path(p) for p in inputs]
+    for p in paths:
+        if not p.is_file():
+            raise HepfmError(f"{p}: no such input file")
+    if len(set(map(os.path.realpath, paths))) != len(paths):
+        raise HepfmError("an input file is given twice")
+    if labels is not None:
+        labels = list(labels)
+        if len(labels) != len(paths):
+            raise HepfmError(f"--process: give one process name per input ({len(paths)}), got {len(labels)}")
+        if any(not label.strip() for label in labels):
+            raise HepfmError("--process: empty process name")
+    mapping_path = Path(mapping) if mapping is not None else None
+    if mapping_path is not None:
+        conv_params = load_mapping(mapping_path, cls.Params)
+    else:
+        try:
+            conv_params = cls.Params.model_validate(params or {})
+        except ValidationError as exc:
+            from ._errors import describe_validation_error
+
+            if params is None:
+                raise HepfmError(
+                    f"--format {cls.name} needs a mapping: pass --map MAPPING.yaml ({describe_validation_error(exc)}; "
+                    f"see docs/convert.md)"
+                ) from None
+            raise HepfmError(f"converter '{cls.name}' params: {describe_validation_error(exc)}") from None
+    base = mapping_path.parent if mapping_path is not None else Path.cwd()
+    for key in getattr(cls, "path_params", ()):  # file names in a mapping are relative to it
+        value = getattr(conv_params, key, None)
+        if value is not None and not Path(value).is_absolute():
+            conv_params = conv_params.model_copy(update={key: str((base / value).resolve())})
+    schema = schema or EventSchema()
+    try:
+        converter = cls(conv_params, schema)
+    except MappingError as exc:
+        raise _mapping_problem(exc, mapping_path) from None
+    action = StoreWriter.preflight(out, overwrite)
+    try:
+        infos = [converter.describe(str(p)) for p in paths]
+    except MappingError as exc:
+        raise _mapping_problem(exc, mapping_path) from None
+    for p, info in zip(paths, infos, strict=True):
+        if info.n_events == 0:
+            raise HepfmError(f"{p}: holds no events")
+    targets, processes, topology = _merge_infos(paths, infos, labels)
+    return ConversionPlan(
+        cls,
+        conv_params,
+        schema,
+        paths,
+        infos,
+        Path(out),
+        mapping_path,
+        labels,
+        targets,
+        processes,
+        topology,
+        int(chunk_events),
+        int(step_events),
+        overwrite,
+        action,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# run
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ConversionResult:
+    """A finished conversion: the store, its speed, and what the converters had to note."""
+
+    store: EventStore
+    n_events: int
+    seconds: float
+    notes: list[str]
+
+    @property
+    def events_per_s(self) -> float:
+        return self.n_events / self.seconds if self.seconds > 0 else float("inf")
+
+
+class _Stream:
+    """One input's blocks, taken in arbitrary sizes."""
+
+    def __init__(self, blocks: Iterator[EventBlock]) -> None:
+        self.blocks = blocks
+        self.buffer: list[EventBlock] = []
+        self.held = 0
+
+    def take(self, k: int) -> EventBlock | None:
+        while self.held < k:
+            block = next(self.blocks, None)
+            if block is None:
+                break
+            if len(block):
+                self.buffer.append(block)
+                self.held += len(block)
+        if not self.buffer:
+            return None
+        data = EventBlock.concatenate(self.buffer) if len(self.buffer) > 1 else self.buffer[0]
+        out, rest = data.take(slice(0, k)), data.take(slice(k, None))
+        self.buffer, self.held = ([rest] if len(rest) else []), len(rest)
+        return out
+
+    def exhausted(self) -> bool:
+        return self.take(1) is None
+
+
+def _labelled(blocks: Iterator[EventBlock], label: int | None) -> Iterator[EventBlock]:
+    for block in blocks:
+        if label is not None:
+            block.targets = {"process": np.full(len(block), label, np.int32), **block.targets}
+        yield block
+
+
+def _blocks(converter: Any, plan: ConversionPlan) -> Iterator[EventBlock]:
+    """Every input's blocks; several inputs interleaved in proportion to their sizes, chunk by chunk."""
+    index = {name: i for i, name in enumerate(plan.processes)}
+    streams = [
+        _labelled(
+            converter.read([str(p)], step=plan.step_events), index[plan.labels[i]] if plan.labels is not None else None
+        )
+        for i, p in enumerate(plan.inputs)
+    ]
+    sizes = [info.n_events for info in plan.infos]
+    if len(streams) == 1:
+        yield from streams[0]
+        return
+    total, done = sum(sizes), 0
+    wrapped = [_Stream(s) for s in streams]
+    given = [0] * len(streams)
+    while done < total:
+        done = min(total, done + plan.chunk_events)
+        pieces = []
+        for i, (stream, size) in enumerate(zip(wrapped, sizes, strict=True)):
+            want = size if done == total else min(size, math.floor(done * size / total))
+            k = want - given[i]
+            if k <= 0:
+                continue
+            piece = stream.take(k)
+            got = 0 if piece is None else len(piece)
+            if got < k:
+                raise HepfmError(
+                    f"{plan.inputs[i]}: yielded {given[i] + got} events, fewer than the {size} it declared"
+                )
+            given[i] += k
+            pieces.append(piece)
+        if pieces:
+            yield EventBlock.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+    for i, stream in enumerate(wrapped):
+        if not stream.exhausted():
+            raise HepfmError(f"{plan.inputs[i]}: yielded more events than the {sizes[i]} it declared")
+
+
+def _provenance(plan: ConversionPlan) -> dict[str, Any]:
+    inputs = []
+    for p in plan.inputs:
+        st = p.stat()
+        inputs.append({"path": str(p.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return {
+        "converter": plan.converter.name,
+        "params": plan.params.model_dump(mode="json"),
+        "inputs": inputs,
+        "labels": plan.labels,
+        "hepfm_version": __version__,
+    }
+
+
+def run_conversion(plan: ConversionPlan) -> ConversionResult:
+    """Stream the planned inputs into the store (resuming an interrupted conversion); mark it complete last."""
+    converter = plan.converter(plan.params, plan.schema)
+    writer = StoreWriter(
+        plan.out,
+        plan.schema,
+        targets=plan.targets,
+        processes=plan.processes,
+        chunk_events=plan.chunk_events,
+        provenance=_provenance(plan),
+        overwrite=plan.overwrite,
+        topology=plan.topology,
+    )
+    skip, seen, total = writer.n_events, 0, plan.n_events
+    start = time.perf_counter()
+    with progress(f"convert {plan.converter.name}", total) as advance:
+        advance(skip)
+        for block in _blocks(converter, plan):
+            n = len(block)
+            seen += n
+            if seen <= skip:  # resume: these events are already in the store
+                continue
+            if seen - n < skip:
+                block = block.take(slice(skip - (seen - n), None))
+            writer.append(block)
+            advance(len(block))
+    if seen != total:
+        raise HepfmError(
+            f"{plan.inputs[-1]}: the inputs yielded {seen} events, but described {total}; the store is left incomplete"
+        )
+    store = writer.close()
+    seconds = time.perf_counter() - start
+    counters: Counter = Counter(getattr(converter, "counters", {}) or {})
+    notes = []
+    if counters.get("truncated"):
+        notes.append(
+            f"{counters['truncated']} events had more than {plan.schema.max_objects} objects; "
+            f"the lowest-pT ones were dropped"
+        )
+    if counters.get("lost_assignments"):
+        notes.append(f"{counters['lost_assignments']} assignment indices pointed at dropped objects and became -1")
+    return ConversionResult(store, total - skip, seconds, notes)
+
+
+def convert_files(
+    inputs: list[str | os.PathLike], format: str, out: str | os.PathLike, **options: Any
+) -> ConversionResult:
+    """Plan and run a conversion in one call (``options`` as for ``plan_conversion``)."""
+    return run_conversion(plan_conversion(inputs, format, out, **options))
+
+
+# --------------------------------------------------------------------------------------------
+# export
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ExportResult:
+    """Files an export wrote, and how fast."""
+
+    files: list[Path]
+    n_events: int
+    seconds: float
+
+    @property
+    def events_per_s(self) -> float:
+        return self.n_events / self.seconds if self.seconds > 0 else float("inf")
+
+
+@dataclass
+class ExportPlan:
+    """A validated export: the store (opened), the format's converter and the files it will write."""
+
+    converter: type
+    store: EventStore
+    out: Path
+    files: list[Path]
+
+    def describe(self) -> str:
+        return (
+            f"export {self.store.n_events} events of {self.store.path} as {self.converter.name} -> "
+            f"{', '.join(map(str, self.files))}"
+        )
+
+
+def plan_export(
+    store: str | os.PathLike | EventStore, format: str, out: str | os.PathLike, overwrite: bool = False
+) -> ExportPlan:
+    """Check an export before writing: the store is complete, the format can be written, outputs are free."""
+    cls = find_converter(format)
+    if not callable(getattr(cls, "export", None)):
+        able = ", ".join(r.name for r in _converters() if callable(getattr(r.cls, "export", None))) or "none"
+        raise HepfmError(f"format '{format}' cannot be exported to; exportable formats: {able}")
+    store = store if isinstance(store, EventStore) else EventStore.open(store)
+    out = Path(out)
+    files = [out, *getattr(cls, "export_companions", lambda o: [])(out)]
+    for path in files:
+        if path.is_dir():
+            raise StoreError(f"{path}: is a directory")
+        if path.exists() and not overwrite:
+            raise StoreError(f"{path}: exists; choose another --out or pass --overwrite")
+    return ExportPlan(cls, store, out, files)
+
+
+def run_export(plan: ExportPlan) -> ExportResult:
+    """Write the planned export chunk by chunk, with progress.
+
+    The converter's ``export(store, out, advance) -> list[Path]`` writes under temporary names and
+    renames at the end, so a failed export leaves no file that looks finished.
+    """
+    exporter = plan.converter(plan.converter.Params(), plan.store.schema)
+    start = time.perf_counter()
+    with progress(f"export {plan.converter.name}", plan.store.n_events) as advance:
+        files = exporter.export(plan.store, plan.out, advance)
+    return ExportResult(files, plan.store.n_events, time.perf_counter() - start)
+
+
+def export_store(
+    store: str | os.PathLike | EventStore, format: str, out: str | os.PathLike, overwrite: bool = False
+) -> ExportResult:
+    """Plan and run an export in one call: write a complete event store in another format."""
+    return run_export(plan_export(store, format, out, overwrite))
+
+
+def export_spanet(
+    store: str | os.PathLike | EventStore, out: str | os.PathLike, overwrite: bool = False
+) -> ExportResult:
+    """Write a store as a SPANet HDF5 file ``out`` plus its event YAML beside it (same stem, ``.yaml``)."""
+    return export_store(store, "spanet", out, overwrite=overwrite)

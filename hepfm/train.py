@@ -1,0 +1,412 @@
+"""The trainer behind ``hepfm pretrain`` and ``hepfm finetune``.
+
+One loop for every task: AdamW with a smaller backbone learning rate where asked, warm-up then
+cosine decay, gradient clipping, an EMA of the weights (used for validation and saved), stages
+that switch heads on and ramp the visible-diffusion masking, validation every N steps with best
+checkpoint selection, and exact resumption (weights, EMA, optimizer, schedule, RNG states and the
+position in the data).
+
+Run folder::
+
+    RUN/task.yaml            the resolved task
+    RUN/metrics.jsonl        one JSON line per log step and per validation
+    RUN/checkpoints/last.safetensors, best.safetensors   (see hepfm.checkpoint)
+    RUN/init_report.json     fine-tunes: which tensors were loaded and which skipped
+    RUN/MODEL_CARD.md
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__, plugins
+from ._errors import HepfmError
+from ._progress import err_console, progress
+from .checkpoint import build_model, find_checkpoint, load_checkpoint, save_checkpoint
+from .model import config_from_spec
+from .store import EventLoader, EventStore
+from .tasks import Task
+
+__all__ = ["TrainResult", "train", "init_from", "model_config"]
+
+
+@dataclass
+class TrainResult:
+    """Where a run's outputs are and how it ended."""
+
+    run: Path
+    steps: int
+    best_val: float | None
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+
+
+def model_config(task: Task, store: EventStore) -> dict[str, Any]:
+    """Everything needed to rebuild the model: schema, normalisation statistics, sizes, heads."""
+    m = task.model
+    cfg = config_from_spec(
+        m.preset,
+        dim=m.dim,
+        depth=m.depth,
+        num_heads=m.num_heads,
+        k_neighbours=m.k_neighbours,
+        feature_dropout=m.feature_dropout,
+    )
+    return {
+        "hepfm_version": __version__,
+        "schema": store.schema.model_dump(mode="json"),
+        "stats": store.attrs["stats"],
+        "backbone": cfg.to_dict(),
+        "heads": {k: {"name": h.name, "params": h.params, "weight": h.weight} for k, h in task.heads.items()},
+        "processes": store.processes,
+        "topology": store.topology,
+    }
+
+
+def init_from(
+    model: torch.nn.Module, checkpoint: str | os.PathLike, skip_mismatched: bool = True
+) -> dict[str, list[str]]:
+    """Load matching tensors (EMA weights) of a pretrained run; report loaded, skipped and missing."""
+    path = find_checkpoint(checkpoint, "best")
+    ckpt = load_checkpoint(path)
+    source = ckpt["ema"] or ckpt["model"]
+    own = model.state_dict()
+    loaded, skipped = [], []
+    for key, value in source.items():
+        if key.startswith("normaliser."):
+            skipped.append(f"{key} (normalisation comes from this task's data)")
+        elif key in own and own[key].shape == value.shape:
+            own[key] = value
+            loaded.append(key)
+        elif key in own:
+            if not skip_mismatched:
+                raise HepfmError(
+                    f"{path}: tensor '{key}' has shape {tuple(value.shape)}, the model needs {tuple(own[key].shape)}"
+                )
+            skipped.append(f"{key} (shape {tuple(value.shape)} != {tuple(own[key].shape)})")
+        else:
+            skipped.append(f"{key} (not in this model)")
+    model.load_state_dict(own)
+    missing = [k for k in own if k not in source and not k.startswith("normaliser.")]
+    if not any(k.startswith("backbone.") for k in loaded):
+        raise HepfmError(f"{path}: no backbone tensor matches this model (another preset or schema?)")
+    return {"checkpoint": str(path), "loaded": loaded, "skipped": skipped, "missing": missing}
+
+
+class _EMA:
+    """Exponential moving average of a model's parameters and buffers."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        import copy
+
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for e, p in zip(self.model.state_dict().values(), model.state_dict().values(), strict=True):
+            if e.dtype.is_floating_point:
+                e.mul_(self.decay).add_(p.detach(), alpha=1 - self.decay)
+            else:
+                e.copy_(p)
+
+
+def _lr_factor(step: int, total: int, warmup: float) -> float:
+    w = max(1, int(round(warmup * total)))
+    if step < w:
+        return (step + 1) / w
+    progress_ = (step - w) / max(1, total - w)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress_)))
+
+
+def _stage_at(task: Task, step: int, total: int) -> tuple[str, list[str], float | None]:
+    stages = task.train.stages
+    if not stages:
+        return "train", list(task.heads), None
+    start = 0.0
+    for i, st in enumerate(stages):
+        end = start + st.fraction * total
+        if step < end or i == len(stages) - 1:
+            ramp = None
+            if st.mask_fraction is not None:
+                a, b = st.mask_fraction
+                ramp = a + (b - a) * min(1.0, (step - start) / max(1.0, end - start))
+            return st.name, st.heads or list(task.heads), ramp
+        start = end
+    raise AssertionError
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state()[1].tolist(),
+        "numpy_pos": int(np.random.get_state()[2]),
+    }
+
+
+def _set_rng(state: dict[str, Any], torch_state: torch.Tensor) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np.random.set_state(("MT19937", np.array(state["numpy"], dtype=np.uint32), state["numpy_pos"]))
+    torch.set_rng_state(torch_state)
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def _validate(
+    model: torch.nn.Module, loader: EventLoader, max_batches: int | None, heads: list[str]
+) -> dict[str, float]:
+    model.eval()
+    sums: dict[str, float] = {}
+    n = 0
+    state = torch.get_rng_state()
+    torch.manual_seed(0)  # the same noise every validation: comparable losses for best selection
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        _, parts, _ = model.loss(batch, heads)
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v * len(batch)
+        n += len(batch)
+    torch.set_rng_state(state)
+    return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+def _model_card(run: Path, task: Task, config: dict[str, Any], result: dict[str, Any]) -> str:
+    params = result.get("parameters", 0)
+    heads = "\n".join(f"- `{k}`: {h['name']} (weight {h['weight']})" for k, h in config["heads"].items())
+    return f"""# Model card: {task.name}
+
+Trained with hepfm {__version__}. {task.description}
+
+## Model
+- Backbone: {json.dumps(config["backbone"])}
+- Parameters: {params:,}
+- Heads:
+{heads}
+- Input schema: {len(config["schema"]["object_features"])} features x {config["schema"]["max_objects"]} objects,
+  {len(config["schema"]["global_features"])} globals; normalisation statistics from the training store.
+
+## Training
+- Data: `{task.dataset.params.get("path")}`, processes {config.get("processes")}
+- Steps: {result.get("steps")}, batch size {task.train.batch_size}, lr {task.train.lr}, EMA decay {task.train.ema_decay}
+- Stages: {[s.name for s in task.train.stages] or ["train"]}
+- Best validation loss (EMA weights): {result.get("best_val")}
+
+## Files
+`checkpoints/best.safetensors` (EMA and raw weights, config, statistics; safetensors, no pickle),
+`metrics.jsonl`, `task.yaml`. Rebuild with `hepfm.checkpoint.load_model("{run}")`.
+
+## Limitations
+Trained on simulation only; validate and calibrate before use on collision data.
+"""
+
+
+def train(
+    task: Task,
+    out: str | os.PathLike,
+    resume: bool = False,
+    fraction: float = 1.0,
+    wandb_mode: str = "offline",
+) -> TrainResult:
+    """Train a task into a run folder (see module docstring); ``resume`` continues exactly."""
+    out = Path(out)
+    t = task.train
+    if t.engine != "local":
+        raise HepfmError(f"train.engine '{t.engine}' is not available yet; use train.engine=local")
+    last_path = out / "checkpoints" / "last.safetensors"
+    if resume and not last_path.is_file():
+        raise HepfmError(f"{out}: --resume given but no checkpoint at checkpoints/last.safetensors")
+    if not resume and last_path.exists():
+        raise HepfmError(f"{out}: a run already exists here; pass --resume to continue it or choose another --out")
+
+    store = (
+        plugins.datasets()
+        .get(task.dataset.name)(plugins.datasets().get(task.dataset.name).Params.model_validate(task.dataset.params))
+        .open()
+    )
+    for key, head in task.heads.items():
+        needed = [v for k, v in head.params.items() if k in ("target", "mask_target") and isinstance(v, str)]
+        missing = [n for n in needed if n not in store.targets]
+        if missing:
+            raise HepfmError(
+                f"{store.path}: head '{key}' needs target {missing[0]!r}; the store has {sorted(store.targets)}"
+            )
+    config = model_config(task, store)
+    torch.manual_seed(t.seed)
+    random.seed(t.seed)
+    np.random.seed(t.seed % 2**32)
+    model = build_model(config)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / "task.yaml", task.to_yaml())
+    report = None
+    if task.init is not None and not resume:
+        report = init_from(model, task.init.checkpoint, task.init.skip_mismatched)
+        _write_atomic(out / "init_report.json", json.dumps(report, indent=2))
+        err_console.print(
+            f"init from {report['checkpoint']}: loaded {len(report['loaded'])} tensors, "
+            f"skipped {len(report['skipped'])}, new {len(report['missing'])}",
+            highlight=False,
+        )
+    if task.init is not None and task.init.freeze_backbone:
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+    others = [p for n, p in model.named_parameters() if not n.startswith("backbone.") and p.requires_grad]
+    groups = [{"params": others, "lr": t.lr, "base_lr": t.lr}]
+    if backbone:
+        groups.append({"params": backbone, "lr": t.lr * t.backbone_lr_scale, "base_lr": t.lr * t.backbone_lr_scale})
+    optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
+    ema = _EMA(model, t.ema_decay)
+
+    train_loader = EventLoader(
+        store, "train", t.batch_size, True, t.seed, task.split, fraction, t.num_workers, drop_last=True
+    )
+    val_loader = EventLoader(store, "val", t.batch_size, False, t.seed, task.split)
+    per_epoch = len(train_loader)
+    if per_epoch == 0:
+        raise HepfmError(f"{store.path}: the training split has fewer events than one batch ({t.batch_size})")
+    total = t.max_steps or t.epochs * per_epoch
+    step, epoch, position, best = 0, 0, 0, None
+    if resume:
+        ckpt = load_checkpoint(last_path)
+        model.load_state_dict(ckpt["model"])
+        ema.model.load_state_dict(ckpt["ema"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        st = ckpt["trainer"]
+        step, epoch, position, best = st["step"], st["epoch"], st["position"], st["best_val"]
+        _set_rng(st["rng"], ckpt["tensors"]["rng/torch"])
+        err_console.print(f"resumed {out} at step {step} (epoch {epoch}, batch {position})", highlight=False)
+
+    run = _start_wandb(task, out, wandb_mode)
+    metrics_path = out / "metrics.jsonl"
+    n_params = sum(p.numel() for p in model.parameters())
+    err_console.print(
+        f"training {task.name}: {n_params:,} parameters, {total} steps of {t.batch_size} events -> {out}",
+        highlight=False,
+    )
+
+    def checkpoint(name: str) -> Path:
+        state = {"step": step, "epoch": epoch, "position": position, "best_val": best, "rng": _rng_state()}
+        return save_checkpoint(
+            out / "checkpoints" / f"{name}.safetensors",
+            model,
+            config,
+            ema.model,
+            optimizer,
+            state,
+            {"rng/torch": torch.get_rng_state()},
+        )
+
+    model.train()
+    seen, t0 = 0, time.perf_counter()
+    with progress(f"{task.name}", total, unit="steps") as advance:
+        advance(step)
+        while step < total:
+            train_loader.set_epoch(epoch)
+            for i, batch in enumerate(train_loader):
+                if i < position:
+                    continue  # resuming inside an epoch: the same batches in the same order
+                stage, heads, ramp = _stage_at(task, step, total)
+                if ramp is not None:
+                    for h in model.heads.values():
+                        if hasattr(h, "set_mask_fraction"):
+                            h.set_mask_fraction(ramp)
+                factor = _lr_factor(step, total, t.warmup)
+                for g in optimizer.param_groups:
+                    g["lr"] = g["base_lr"] * factor
+                loss, parts, _ = model.loss(batch, heads)
+                if not torch.isfinite(loss):
+                    raise HepfmError(
+                        f"step {step}: loss is {float(loss)} (parts {parts}); lower train.lr or check the data"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if t.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                optimizer.step()
+                ema.update(model)
+                step += 1
+                position = i + 1
+                seen += len(batch)
+                advance(1)
+                if step % t.log_every == 0 or step == total:
+                    rate = seen / max(time.perf_counter() - t0, 1e-9)
+                    record = {
+                        "step": step,
+                        "epoch": epoch,
+                        "stage": stage,
+                        "lr": optimizer.param_groups[0]["lr"],
+                        "events_per_s": rate,
+                        **{f"train/{k}": v for k, v in parts.items()},
+                    }
+                    _append_jsonl(metrics_path, record)
+                    if run is not None:
+                        run.log(record, step=step)
+                if step % t.val_every == 0 or step == total:
+                    val = _validate(ema.model, val_loader, t.val_batches, heads)
+                    final_stage = not t.stages or stage == t.stages[-1].name  # best is chosen in the last stage
+                    improved = final_stage and (best is None or val["total"] < best)
+                    best = val["total"] if improved else best
+                    _append_jsonl(
+                        metrics_path, {"step": step, **{f"val/{k}": v for k, v in val.items()}, "best": improved}
+                    )
+                    if run is not None:
+                        run.log({f"val/{k}": v for k, v in val.items()}, step=step)
+                    model.train()
+                    checkpoint("last")
+                    if improved:
+                        checkpoint("best")
+                if step >= total:
+                    break
+            else:
+                epoch += 1
+                position = 0
+                continue
+            break
+    checkpoint("last")
+    if run is not None:
+        run.finish()
+    summary = {"steps": step, "best_val": best, "parameters": n_params}
+    _write_atomic(out / "MODEL_CARD.md", _model_card(out, task, config, summary))
+    best_path = out / "checkpoints" / "best.safetensors"
+    return TrainResult(out, step, best, last_path, best_path if best_path.exists() else None)
+
+
+def _start_wandb(task: Task, out: Path, mode: str):
+    if mode == "disabled":
+        return None
+    if mode not in ("offline", "online"):
+        raise HepfmError(f"--wandb '{mode}': expected offline, online or disabled")
+    import wandb
+
+    return wandb.init(
+        project="hepfm",
+        name=task.name,
+        dir=str(out),
+        mode=mode,
+        config=task.model_dump(mode="json"),
+        reinit="finish_previous",
+    )
