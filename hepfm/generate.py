@@ -227,6 +227,7 @@ def run_generation(plan: GenerationPlan) -> EventStore:
         "n_events_requested": n_events,
         "hepfm_version": __version__,
     }
+    topology = probe.topology() if hasattr(probe, "topology") else {}
     writer = StoreWriter(
         plan.out,
         schema,
@@ -235,6 +236,7 @@ def run_generation(plan: GenerationPlan) -> EventStore:
         chunk_events=chunk_events,
         provenance=provenance,
         overwrite=plan.overwrite,
+        topology=topology,
     )
     n_jobs = math.ceil(n_events / chunk_events)
     first = writer.n_events // chunk_events

@@ -42,7 +42,9 @@ ENTRY_POINT_GROUP = "hepfm"
 DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("builtin_heads", "hepfm_builtin.heads"),
     ("builtin_datasets", "hepfm_builtin.datasets"),
+    ("builtin_converters", "hepfm_builtin.converters"),
     ("builtin_metrics", "hepfm_builtin.metrics"),
+    ("builtin_pythia", "hepfm_builtin.pythia"),
 )
 
 T = TypeVar("T")

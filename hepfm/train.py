@@ -37,7 +37,7 @@ from .model import config_from_spec
 from .store import EventLoader, EventStore
 from .tasks import Task
 
-__all__ = ["TrainResult", "train", "init_from", "model_config"]
+__all__ = ["TrainResult", "train", "init_from", "model_config", "LocalEngine", "make_engine"]
 
 
 @dataclass
@@ -101,6 +101,49 @@ def init_from(
     if not any(k.startswith("backbone.") for k in loaded):
         raise HepfmError(f"{path}: no backbone tensor matches this model (another preset or schema?)")
     return {"checkpoint": str(path), "loaded": loaded, "skipped": skipped, "missing": missing}
+
+
+class LocalEngine:
+    """Plain torch in one process. The seam every engine implements.
+
+    ``step(loss)`` does backward, clipping and the optimizer step; ``rank``/``world_size`` shard
+    the data; only the main process (``is_main``) writes logs and checkpoints; ``barrier()``
+    waits for every process; ``optimizer`` is the torch optimizer whose state is checkpointed.
+    """
+
+    rank, world_size = 0, 1
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float | None) -> None:
+        self.model, self.optimizer, self.grad_clip = model, optimizer, grad_clip
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+
+    def barrier(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def make_engine(task: Task, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
+    """The engine ``train.engine`` names."""
+    t = task.train
+    if t.engine == "local":
+        return LocalEngine(model, optimizer, t.grad_clip)
+    try:
+        from ._deepspeed import DeepSpeedEngine
+    except ImportError as exc:
+        raise HepfmError(f"train.engine 'deepspeed' is not available ({exc}); use train.engine=local") from None
+    return DeepSpeedEngine(model, optimizer, t)
 
 
 class _EMA:
@@ -234,8 +277,6 @@ def train(
     """Train a task into a run folder (see module docstring); ``resume`` continues exactly."""
     out = Path(out)
     t = task.train
-    if t.engine != "local":
-        raise HepfmError(f"train.engine '{t.engine}' is not available yet; use train.engine=local")
     last_path = out / "checkpoints" / "last.safetensors"
     if resume and not last_path.is_file():
         raise HepfmError(f"{out}: --resume given but no checkpoint at checkpoints/last.safetensors")
@@ -279,13 +320,41 @@ def train(
     if backbone:
         groups.append({"params": backbone, "lr": t.lr * t.backbone_lr_scale, "base_lr": t.lr * t.backbone_lr_scale})
     optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
+    engine = make_engine(task, model, optimizer)
     ema = _EMA(model, t.ema_decay)
 
     train_loader = EventLoader(
-        store, "train", t.batch_size, True, t.seed, task.split, fraction, t.num_workers, drop_last=True
+        store,
+        "train",
+        t.batch_size,
+        True,
+        t.seed,
+        task.split,
+        fraction,
+        t.num_workers,
+        rank=engine.rank,
+        world_size=engine.world_size,
+        drop_last=True,
     )
     val_loader = EventLoader(store, "val", t.batch_size, False, t.seed, task.split)
-    per_epoch = len(train_loader)
+    per_epoch = min(  # every rank takes the same number of steps per epoch
+        len(
+            EventLoader(
+                store,
+                "train",
+                t.batch_size,
+                True,
+                t.seed,
+                task.split,
+                fraction,
+                t.num_workers,
+                rank=r,
+                world_size=engine.world_size,
+                drop_last=True,
+            )
+        )
+        for r in range(engine.world_size)
+    )
     if per_epoch == 0:
         raise HepfmError(f"{store.path}: the training split has fewer events than one batch ({t.batch_size})")
     total = t.max_steps or t.epochs * per_epoch
@@ -300,7 +369,7 @@ def train(
         _set_rng(st["rng"], ckpt["tensors"]["rng/torch"])
         err_console.print(f"resumed {out} at step {step} (epoch {epoch}, batch {position})", highlight=False)
 
-    run = _start_wandb(task, out, wandb_mode)
+    run = _start_wandb(task, out, wandb_mode) if engine.is_main else None
     metrics_path = out / "metrics.jsonl"
     n_params = sum(p.numel() for p in model.parameters())
     err_console.print(
@@ -327,6 +396,8 @@ def train(
         while step < total:
             train_loader.set_epoch(epoch)
             for i, batch in enumerate(train_loader):
+                if i >= per_epoch:
+                    break
                 if i < position:
                     continue  # resuming inside an epoch: the same batches in the same order
                 stage, heads, ramp = _stage_at(task, step, total)
@@ -342,17 +413,13 @@ def train(
                     raise HepfmError(
                         f"step {step}: loss is {float(loss)} (parts {parts}); lower train.lr or check the data"
                     )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if t.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                optimizer.step()
+                engine.step(loss)
                 ema.update(model)
                 step += 1
                 position = i + 1
                 seen += len(batch)
                 advance(1)
-                if step % t.log_every == 0 or step == total:
+                if engine.is_main and (step % t.log_every == 0 or step == total):
                     rate = seen / max(time.perf_counter() - t0, 1e-9)
                     record = {
                         "step": step,
@@ -365,7 +432,9 @@ def train(
                     _append_jsonl(metrics_path, record)
                     if run is not None:
                         run.log(record, step=step)
-                if step % t.val_every == 0 or step == total:
+                if (step % t.val_every == 0 or step == total) and not engine.is_main:
+                    engine.barrier()  # the main process validates and writes the checkpoints
+                elif step % t.val_every == 0 or step == total:
                     val = _validate(ema.model, val_loader, t.val_batches, heads)
                     final_stage = not t.stages or stage == t.stages[-1].name  # best is chosen in the last stage
                     improved = final_stage and (best is None or val["total"] < best)
@@ -379,18 +448,19 @@ def train(
                     checkpoint("last")
                     if improved:
                         checkpoint("best")
+                    engine.barrier()
                 if step >= total:
                     break
-            else:
+            if step < total:  # the epoch is over: next one from its first batch
                 epoch += 1
                 position = 0
-                continue
-            break
-    checkpoint("last")
+    engine.close()
+    if engine.is_main:
+        checkpoint("last")
+        summary = {"steps": step, "best_val": best, "parameters": n_params}
+        _write_atomic(out / "MODEL_CARD.md", _model_card(out, task, config, summary))
     if run is not None:
         run.finish()
-    summary = {"steps": step, "best_val": best, "parameters": n_params}
-    _write_atomic(out / "MODEL_CARD.md", _model_card(out, task, config, summary))
     best_path = out / "checkpoints" / "best.safetensors"
     return TrainResult(out, step, best, last_path, best_path if best_path.exists() else None)
 

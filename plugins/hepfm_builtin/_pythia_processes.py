@@ -1,0 +1,116 @@
+"""Pythia 8 settings of every process the ``pythia`` generator knows (pp at 13 TeV by default).
+
+A process is one or more Pythia configurations ("parts") that share its events equally; only the
+semileptonic ttbar uses two (W+ leptonic / W- hadronic and the charge conjugate), which gives exactly
+one leptonic W without a veto hook.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+W_TO_E_MU = ["24:onMode = off", "24:onIfAny = 11 13"]
+W_TO_QUARKS = ["24:onMode = off", "24:onIfAny = 1 2 3 4 5"]
+Z_TO_E_MU = ["23:onMode = off", "23:onIfAny = 11 13"]
+TTBAR = ["Top:gg2ttbar = on", "Top:qqbar2ttbar = on"]
+GG_H = ["HiggsSM:gg2H = on", "25:m0 = 125.0"]
+A_MASSES = (30, 40, 60)
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """A process: its description and the Pythia settings of each part."""
+
+    description: str
+    parts: tuple[tuple[str, ...], ...]
+
+
+def _haa(ma: int) -> ProcessSpec:
+    return ProcessSpec(
+        f"gg -> H(125) -> a a -> b bbar b bbar with m_a = {ma} GeV (a = Pythia's A0, id 36)",
+        (
+            (
+                *GG_H,
+                "25:onMode = off",
+                "25:addChannel = 1 1.0 100 36 36",
+                f"36:m0 = {ma}",
+                "36:mWidth = 0.01",
+                "36:doForceWidth = on",
+                f"36:mMin = {ma - 1}",
+                f"36:mMax = {ma + 1}",
+                "36:oneChannel = 1 1.0 100 5 -5",
+            ),
+        ),
+    )
+
+
+def process_table(qcd_pthat_min: float, qcd_bb_pthat_min: float, vjets_pthat_min: float) -> dict[str, ProcessSpec]:
+    """Name -> ProcessSpec, with the configurable phase-space cuts filled in."""
+    table = {
+        "ttbar_dilepton": ProcessSpec("ttbar, both W -> e/mu nu", ((*TTBAR, *W_TO_E_MU),)),
+        "ttbar_semileptonic": ProcessSpec(
+            "ttbar, one W -> e/mu nu, the other W -> q q'",
+            (
+                (*TTBAR, "24:onMode = off", "24:onPosIfAny = 11 13", "24:onNegIfAny = 1 2 3 4 5"),
+                (*TTBAR, "24:onMode = off", "24:onPosIfAny = 1 2 3 4 5", "24:onNegIfAny = 11 13"),
+            ),
+        ),
+        "ttbar_hadronic": ProcessSpec("ttbar, both W -> q q'", ((*TTBAR, *W_TO_QUARKS),)),
+        "qcd_multijet": ProcessSpec(
+            f"QCD 2 -> 2 (HardQCD:all), pT-hat > {qcd_pthat_min:g} GeV",
+            (("HardQCD:all = on", f"PhaseSpace:pTHatMin = {qcd_pthat_min}"),),
+        ),
+        "qcd_bb": ProcessSpec(
+            f"QCD b bbar (gg, qqbar -> b bbar), pT-hat > {qcd_bb_pthat_min:g} GeV",
+            (("HardQCD:hardbbbar = on", f"PhaseSpace:pTHatMin = {qcd_bb_pthat_min}"),),
+        ),
+        "wjets": ProcessSpec(
+            f"W + jet (qqbar -> W g, q g -> W q), W -> e/mu nu, pT-hat > {vjets_pthat_min:g} GeV",
+            (
+                (
+                    "WeakBosonAndParton:qqbar2Wg = on",
+                    "WeakBosonAndParton:qg2Wq = on",
+                    f"PhaseSpace:pTHatMin = {vjets_pthat_min}",
+                    *W_TO_E_MU,
+                ),
+            ),
+        ),
+        "zjets": ProcessSpec(
+            f"Z + jet (qqbar -> Z g, q g -> Z q), Z -> e e / mu mu, pT-hat > {vjets_pthat_min:g} GeV",
+            (
+                (
+                    "WeakBosonAndParton:qqbar2gmZg = on",
+                    "WeakBosonAndParton:qg2gmZq = on",
+                    "WeakZ0:gmZmode = 2",
+                    f"PhaseSpace:pTHatMin = {vjets_pthat_min}",
+                    *Z_TO_E_MU,
+                ),
+            ),
+        ),
+        "diboson": ProcessSpec(
+            "WW, WZ and ZZ (ffbar -> V V, Z only), inclusive decays",
+            (
+                (
+                    "WeakDoubleBoson:ffbar2WW = on",
+                    "WeakDoubleBoson:ffbar2ZW = on",
+                    "WeakDoubleBoson:ffbar2gmZgmZ = on",
+                    "WeakZ0:gmZmode = 2",
+                ),
+            ),
+        ),
+        "ggh_ww": ProcessSpec(
+            "gg -> H(125) -> W W, both W -> e/mu nu",
+            ((*GG_H, "25:onMode = off", "25:onIfMatch = 24 -24", *W_TO_E_MU),),
+        ),
+        "ggh_bb": ProcessSpec("gg -> H(125) -> b bbar", ((*GG_H, "25:onMode = off", "25:onIfMatch = 5 -5"),)),
+        "single_top": ProcessSpec(
+            "single top, t- and s-channel (Pythia has no tW), W -> e/mu nu",
+            (("Top:qq2tq(t:W) = on", "Top:ffbar2tqbar(s:W) = on", *W_TO_E_MU),),
+        ),
+    }
+    for ma in A_MASSES:
+        table[f"haa_4b_ma{ma}"] = _haa(ma)
+    return table
+
+
+PROCESS_NAMES: tuple[str, ...] = tuple(process_table(50.0, 20.0, 20.0))
