@@ -118,19 +118,13 @@ def convert(
     overwrite: Annotated[bool, typer.Option(help="replace an existing store")] = False,
 ) -> None:
     """Convert foreign files (Delphes ROOT, Parquet, SPANet HDF5) into an event store (resumable)."""
-    from rich.markup import escape
-
     from .convert import plan_conversion, run_conversion
 
-    try:
-        plan = plan_conversion(
-            inputs, format, out, mapping=map, labels=process, chunk_events=chunk_events, overwrite=overwrite
-        )
-        err_console.print(plan.describe(), markup=False, highlight=False)
-        result = run_conversion(plan)
-    except HepfmError as exc:  # the error handler prints rich markup: keep brackets such as hepfm[ingest]
-        exc.args = (escape(str(exc)),)
-        raise
+    plan = plan_conversion(
+        inputs, format, out, mapping=map, labels=process, chunk_events=chunk_events, overwrite=overwrite
+    )
+    err_console.print(plan.describe(), markup=False, highlight=False)
+    result = run_conversion(plan)
     for note in result.notes:
         err_console.print(f"note: {note}", markup=False, highlight=False)
     console.print(
@@ -149,17 +143,11 @@ def export(
     overwrite: Annotated[bool, typer.Option(help="replace existing output files")] = False,
 ) -> None:
     """Write an event store in another format (SPANet HDF5 plus its event YAML)."""
-    from rich.markup import escape
-
     from .convert import plan_export, run_export
 
-    try:
-        plan = plan_export(store, format, out, overwrite=overwrite)
-        err_console.print(plan.describe(), markup=False, highlight=False)
-        result = run_export(plan)
-    except HepfmError as exc:  # as in convert: keep brackets literal
-        exc.args = (escape(str(exc)),)
-        raise
+    plan = plan_export(store, format, out, overwrite=overwrite)
+    err_console.print(plan.describe(), markup=False, highlight=False)
+    result = run_export(plan)
     console.print(
         f"wrote {result.n_events} events to {', '.join(map(str, result.files))} ({result.events_per_s:,.0f} events/s)",
         markup=False,
@@ -342,22 +330,44 @@ def finetune(
 
 @command()
 def embed(
-    run: Annotated[Path, typer.Argument(help="run folder")],
+    run: Annotated[Path, typer.Argument(help="run folder (or a checkpoint file)")],
     data: Annotated[Path, typer.Option(help="event store")],
     out: Annotated[Path, typer.Option(help="latents store (*.zarr)")],
-    pca: Annotated[int | None, typer.Option(help="keep K principal components")] = None,
+    pca: Annotated[int | None, typer.Option(help="also store K principal components (fitted on the val split)")] = None,
+    batch_size: Annotated[int, typer.Option(help="events per batch")] = 1024,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing latents store")] = False,
 ) -> None:
-    """Write frozen per-object and per-event latents to a Zarr store."""
-    _not_landed("embed", 5)
+    """Write frozen per-object and per-event latents (EMA weights) to a Zarr store."""
+    from .embed import embed as run_embed
+
+    err_console.print(f"embed {data} with {run} -> {out}" + (f" (PCA {pca})" if pca else ""), markup=False)
+    r = run_embed(run, data, out, pca=pca, batch_size=batch_size, overwrite=overwrite)
+    extra = f"; PCA keeps {100 * r.pca_explained:.1f}% of the object-latent variance" if r.pca_explained else ""
+    console.print(f"wrote latents of {r.n_events} events ({r.latent_dim} dims) to {r.path}{extra}", markup=False)
 
 
 @command()
 def probe(
     latents: Annotated[Path, typer.Argument(help="latents store")],
-    target: Annotated[str, typer.Option(help="target name")],
+    target: Annotated[str, typer.Option(help="target or global feature name")],
+    seeds: Annotated[int, typer.Option(help="seeds; the 3 with the lowest validation loss are kept")] = 5,
+    pca: Annotated[bool, typer.Option("--pca", help="probe the PCA projections instead of the raw latents")] = False,
+    epochs: Annotated[int, typer.Option(help="training epochs per seed")] = 50,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the report here")] = None,
 ) -> None:
-    """Fit a linear probe on frozen latents."""
-    _not_landed("probe", 5)
+    """Fit a linear probe on frozen latents and report its test metric (median and IQR over seeds)."""
+    from .embed import probe as run_probe
+
+    r = run_probe(latents, target, seeds=seeds, epochs=epochs, use_pca=pca)
+    console.print(
+        f"probe {r['kind']} on {r['level']} {r['features']} -> {r['target']}: test {r['metric']} "
+        f"{r['median']:.4f} (IQR {r['iqr']:.4f}, best {r['kept']} of {r['seeds']} seeds by validation loss; "
+        f"{r['rows']['train']} train / {r['rows']['test']} test rows)",
+        markup=False,
+    )
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(r, indent=2))
 
 
 @command()

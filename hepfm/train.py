@@ -67,10 +67,24 @@ def model_config(task: Task, store: EventStore) -> dict[str, Any]:
         "schema": store.schema.model_dump(mode="json"),
         "stats": store.attrs["stats"],
         "backbone": cfg.to_dict(),
-        "heads": {k: {"name": h.name, "params": h.params, "weight": h.weight} for k, h in task.heads.items()},
+        "heads": {
+            k: {"name": h.name, "params": _bind(h.name, h.params, store), "weight": h.weight}
+            for k, h in task.heads.items()
+        },
         "processes": store.processes,
         "topology": store.topology,
     }
+
+
+def _bind(name: str, params: dict[str, Any], store: EventStore) -> dict[str, Any]:
+    """Let a head fill parameters the data decides (``bind`` classmethod, optional)."""
+    cls = plugins.heads().get(name)
+    if not hasattr(cls, "bind"):
+        return params
+    try:
+        return cls.bind(dict(params), store)
+    except ValueError as exc:
+        raise HepfmError(f"head '{name}': {exc}") from None
 
 
 def init_from(

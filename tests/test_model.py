@@ -37,7 +37,7 @@ HEADS = {
     "assignment": {"resonances": {"h": ["b1", "b2"]}, "symmetric_daughters": {"h": [["b1", "b2"]]}},
     "segmentation": {"num_classes": 2},
     "visible_diffusion": {},
-    "invisible_diffusion": {"num_particles": 1, "components": [1, 2]},
+    "invisible_diffusion": {"num_particles": 1, "components": [1, 2], "target": "invisible", "mask_target": "invisible_mask"},
 }
 
 

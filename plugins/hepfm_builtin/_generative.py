@@ -101,10 +101,10 @@ class VisibleDiffusionHead(nn.Module):
 
 
 class InvisibleDiffusionParams(Params):
-    target: str = Field("invisible", description="target [B, P, C]: invisible particles' momenta")
-    mask_target: str | None = Field("invisible_mask", description="target [B, P] bool (None: all present)")
+    target: str = Field("truth_nu", description="target [B, P, 4]: invisible particles' (px, py, pz, E)")
+    mask_target: str | None = Field("truth_nu_mask", description="target [B, P] bool (None: all present)")
     num_particles: int = Field(2, ge=1, description="P")
-    components: list[int] = Field([1, 2, 3], description="which of the target's last-axis entries to generate")
+    components: list[int] = Field([0, 1, 2], description="which of the target's last-axis entries to generate")
     scale: float = Field(100.0, gt=0, description="GeV per unit of the generated variables")
     layers: int = Field(2, ge=1)
     num_heads: int = Field(4, ge=1)

@@ -23,14 +23,25 @@ class ClassificationHead(torch.nn.Module):
     description: ClassVar[str] = "event latent -> process logits; weighted cross-entropy"
 
     class Params(Params):
-        num_classes: int = Field(ge=2, description="number of process classes")
+        num_classes: int | None = Field(None, ge=2, description="number of classes (default: the store's processes)")
         hidden: int = Field(128, ge=1, description="width of the hidden layer")
         dropout: float = Field(0.0, ge=0, lt=1)
         target: str = Field("process", description="name of the integer target")
         class_weights: list[float] | None = Field(None, description="optional weight per class")
 
+    @classmethod
+    def bind(cls, params: dict, store) -> dict:
+        """Fill what the data decides: the number of classes is the store's process count."""
+        if params.get("num_classes") is None and params.get("target", "process") == "process":
+            if len(store.processes) < 2:
+                raise ValueError(f"{store.path} holds {len(store.processes)} process; give num_classes")
+            params = {**params, "num_classes": len(store.processes)}
+        return params
+
     def __init__(self, params: Params, dims: HeadDims) -> None:
         super().__init__()
+        if params.num_classes is None:
+            raise ValueError("classification: num_classes is not set (bind the head to a store first)")
         self.params = params
         self.net = torch.nn.Sequential(
             torch.nn.LayerNorm(dims.latent_dim),

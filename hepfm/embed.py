@@ -1,0 +1,312 @@
+"""Frozen latents (``hepfm embed``) and linear probes on them (``hepfm probe``).
+
+``embed`` streams per-object and per-event latents of the EMA weights into a Zarr store, event by
+event in store order, with the events' targets, globals, weights and split carried along. With
+``pca=K`` an IncrementalPCA is fitted on a held-out slice (the validation split, as in the MLPF
+latents paper) and the projections are stored beside the raw latents with the explained variance.
+
+``probe`` trains a single linear layer on the latents (logistic for integer targets, linear for
+real ones), per event or per object, with several seeds; following the MLPF protocol it keeps the
+three seeds with the lowest validation loss and reports the median and interquartile range of
+the test metric.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+import zarr.codecs
+
+from ._errors import HepfmError
+from ._progress import progress
+from .checkpoint import find_checkpoint, load_checkpoint, load_model
+from .store import EventLoader, EventStore, SplitSpec
+
+__all__ = ["EmbedResult", "embed", "probe", "open_latents"]
+
+LATENTS_FORMAT = {"format": "hepfm-latents", "version": 1}
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+
+
+@dataclass
+class EmbedResult:
+    path: Path
+    n_events: int
+    latent_dim: int
+    pca_explained: float | None
+
+
+def _split_labels(store: EventStore, spec: SplitSpec) -> np.ndarray:
+    labels = np.full(store.n_events, -1, np.int8)
+    for name, code in SPLIT_CODES.items():
+        for a, b in store.segments(name, spec):
+            labels[a:b] = code
+    return labels
+
+
+@torch.no_grad()
+def _latents(model, batch) -> tuple[np.ndarray, np.ndarray]:
+    lat = model.encode(batch)
+    return lat.objects.float().numpy(), lat.event.float().numpy()
+
+
+def embed(
+    run: str | os.PathLike,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    pca: int | None = None,
+    batch_size: int = 1024,
+    pca_events: int = 50_000,
+    which: str = "best",
+    overwrite: bool = False,
+) -> EmbedResult:
+    """Write the frozen latents of every event of ``data`` (see module docstring)."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise HepfmError(f"{out}: exists; choose another --out or pass --overwrite")
+    ckpt_path = find_checkpoint(run, which)
+    model = load_model(ckpt_path, ema=True)
+    store = EventStore.open(data, schema=model.schema)
+    config = load_checkpoint(ckpt_path)["config"]
+    task_split = SplitSpec()
+    task_file = Path(run) / "task.yaml" if Path(run).is_dir() else None
+    if task_file is not None and task_file.is_file():
+        import yaml
+
+        task_split = SplitSpec.model_validate((yaml.safe_load(task_file.read_text()) or {}).get("split", {}))
+    d = model.config.dim
+    n = store.n_events
+    if pca is not None and not 1 <= pca <= d:
+        raise HepfmError(f"--pca {pca}: must be between 1 and the latent width {d}")
+
+    fitted = None
+    if pca is not None:
+        from sklearn.decomposition import IncrementalPCA
+
+        fitted = {"event": IncrementalPCA(pca), "object": IncrementalPCA(pca)}
+        seen = 0
+        loader = EventLoader(store, "val", batch_size, shuffle=False, split_spec=task_split)
+        for batch in loader:
+            if len(batch) < pca:
+                continue
+            objects, event = _latents(model, batch)
+            fitted["event"].partial_fit(event)
+            real = objects[batch.mask.numpy()]
+            if len(real) >= pca:
+                fitted["object"].partial_fit(real)
+            seen += len(batch)
+            if seen >= pca_events:
+                break
+        if seen == 0:
+            raise HepfmError(f"{store.path}: the validation split has too few events to fit a {pca}-component PCA")
+
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    g = zarr.open_group(tmp, mode="w")
+    chunk = max(1, min(store.chunk_events, 4096))
+
+    def array(name: str, shape: tuple, dtype: str) -> zarr.Array:
+        return g.create_array(
+            name, shape=(n, *shape), chunks=(chunk, *shape), dtype=dtype, compressors=zarr.codecs.ZstdCodec(level=3)
+        )
+
+    n_obj = store.schema.max_objects
+    arrays = {
+        "object_latents": array("object_latents", (n_obj, d), "float32"),
+        "event_latents": array("event_latents", (d,), "float32"),
+        "mask": array("mask", (n_obj,), "bool"),
+        "globals": array("globals", (store.schema.n_global_features,), "float32"),
+        "weights": array("weights", (), "float32"),
+        "split": array("split", (), "int8"),
+    }
+    for name, spec in store.targets.items():
+        arrays[f"targets/{name}"] = array(f"targets/{name}", tuple(spec["shape"]), spec["dtype"])
+    if fitted is not None:
+        arrays["object_latents_pca"] = array("object_latents_pca", (n_obj, pca), "float32")
+        arrays["event_latents_pca"] = array("event_latents_pca", (pca,), "float32")
+    splits = _split_labels(store, task_split)
+    pos = 0
+    with progress("embed", n) as advance:
+        for batch in EventLoader(store, "all", batch_size, shuffle=False):
+            objects, event = _latents(model, batch)
+            b = len(batch)
+            sl = slice(pos, pos + b)
+            mask = batch.mask.numpy()
+            arrays["object_latents"][sl] = objects
+            arrays["event_latents"][sl] = event
+            arrays["mask"][sl] = mask
+            arrays["globals"][sl] = batch.globals.numpy()
+            arrays["weights"][sl] = batch.weights.numpy()
+            arrays["split"][sl] = splits[sl]
+            for name, value in batch.targets.items():
+                arrays[f"targets/{name}"][sl] = value.numpy()
+            if fitted is not None:
+                arrays["event_latents_pca"][sl] = fitted["event"].transform(event).astype(np.float32)
+                proj = fitted["object"].transform(objects.reshape(-1, d)).reshape(b, n_obj, pca).astype(np.float32)
+                arrays["object_latents_pca"][sl] = np.where(mask[..., None], proj, 0)
+            pos += b
+            advance(b)
+    attrs: dict[str, Any] = {
+        "hepfm": LATENTS_FORMAT,
+        "run": str(run),
+        "checkpoint": str(ckpt_path),
+        "data": str(store.path),
+        "n_events": n,
+        "latent_dim": d,
+        "processes": store.processes,
+        "targets": store.targets,
+        "global_names": store.schema.global_names,
+        "heads": config["heads"],
+        "split": task_split.model_dump(),
+    }
+    explained = None
+    if fitted is not None:
+        attrs["pca"] = {
+            part: {
+                "components": int(pca),
+                "explained_variance_ratio": [float(v) for v in f.explained_variance_ratio_],
+                "explained_total": float(np.sum(f.explained_variance_ratio_)),
+                "mean": [float(v) for v in f.mean_],
+                "basis": [[float(x) for x in row] for row in f.components_],
+            }
+            for part, f in fitted.items()
+            if hasattr(f, "components_")
+        }
+        explained = attrs["pca"]["object"]["explained_total"] if "object" in attrs["pca"] else None
+    attrs["complete"] = True
+    g.attrs.update(attrs)
+    os.replace(tmp, out)
+    return EmbedResult(out, n, d, explained)
+
+
+def open_latents(path: str | os.PathLike) -> zarr.Group:
+    """A complete latents store (refuses anything else with one clear line)."""
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        raise HepfmError(f"{path}: no such latents store")
+    g = zarr.open_group(path, mode="r")
+    if g.attrs.get("hepfm") != LATENTS_FORMAT or not g.attrs.get("complete"):
+        raise HepfmError(f"{path}: not a complete hepfm latents store (attribute 'hepfm'/'complete')")
+    return g
+
+
+def _features_and_target(g: zarr.Group, target: str, use_pca: bool, max_events: int):
+    n = min(int(g.attrs["n_events"]), max_events)
+    targets = g.attrs["targets"]
+    globals_ = list(g.attrs["global_names"])
+    split = g["split"][:n]
+    if target in targets:
+        y = g[f"targets/{target}"][:n]
+    elif target in globals_:
+        y = g["globals"][:n][:, globals_.index(target)]
+    else:
+        known = ", ".join(sorted(targets) + globals_)
+        raise HepfmError(f"{g.store_path}: unknown --target '{target}'; known: {known}")
+    suffix = "_pca" if use_pca else ""
+    if use_pca and f"event_latents{suffix}" not in g:
+        raise HepfmError("--pca given but the latents store has no PCA projections (embed with --pca K)")
+    per_object = y.ndim == 2 and y.shape[1] == g["mask"].shape[1]
+    if per_object:
+        mask = g["mask"][:n]
+        x = g[f"object_latents{suffix}"][:n][mask]
+        y = y[mask]
+        split = np.broadcast_to(split[:, None], mask.shape)[mask]
+    else:
+        x = g[f"event_latents{suffix}"][:n]
+        y = y.reshape(n, -1) if y.ndim > 1 else y
+    return x.astype(np.float32), y, split, per_object
+
+
+def probe(
+    latents: str | os.PathLike,
+    target: str,
+    seeds: int = 5,
+    keep: int = 3,
+    epochs: int = 50,
+    use_pca: bool = False,
+    max_events: int = 500_000,
+) -> dict[str, Any]:
+    """A linear probe of ``target`` on frozen latents (see module docstring); returns the report."""
+    g = open_latents(latents)
+    x, y, split, per_object = _features_and_target(g, target, use_pca, max_events)
+    classify = np.issubdtype(y.dtype, np.integer) or y.dtype == bool
+    if classify:
+        valid = y >= 0 if y.ndim == 1 else np.ones(len(y), bool)
+        x, y, split = x[valid], y[valid], split[valid]
+        classes = np.unique(y)
+        if len(classes) < 2:
+            raise HepfmError(f"--target '{target}': needs at least two classes, found {classes.tolist()}")
+        y = np.searchsorted(classes, y)
+    parts = {name: split == code for name, code in SPLIT_CODES.items()}
+    if min(p.sum() for p in parts.values()) == 0:
+        raise HepfmError(f"{latents}: the train, val and test splits must all hold events for a probe")
+    mu, sd = x[parts["train"]].mean(0), x[parts["train"]].std(0) + 1e-6
+    xt = torch.from_numpy((x - mu) / sd)
+    yt = torch.from_numpy(y.astype(np.int64) if classify else y.astype(np.float32))
+    if not classify and yt.ndim == 1:
+        yt = yt[:, None]
+    if not classify:
+        ym, ys = yt[parts["train"]].mean(0), yt[parts["train"]].std(0) + 1e-6
+        yt = (yt - ym) / ys
+    n_out = len(classes) if classify else yt.shape[1]
+    runs = []
+    for seed in range(seeds):
+        torch.manual_seed(seed)
+        layer = torch.nn.Linear(xt.shape[1], n_out)
+        opt = torch.optim.AdamW(layer.parameters(), 1e-2, weight_decay=1e-4)
+        idx = np.flatnonzero(parts["train"])
+        rng = np.random.default_rng(seed)
+        bs = 4096
+        for _ in range(epochs):
+            rng.shuffle(idx)
+            for i in range(0, len(idx), bs):
+                sel = torch.from_numpy(idx[i : i + bs])
+                out = layer(xt[sel])
+                loss = torch.nn.functional.cross_entropy(out, yt[sel]) if classify else ((out - yt[sel]) ** 2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        with torch.no_grad():
+            res = {}
+            for name in ("val", "test"):
+                m = torch.from_numpy(parts[name])
+                out = layer(xt[m])
+                if classify:
+                    res[f"{name}_loss"] = float(torch.nn.functional.cross_entropy(out, yt[m]))
+                    prob = out.softmax(-1).numpy()
+                    res[f"{name}_accuracy"] = float((prob.argmax(1) == yt[m].numpy()).mean())
+                    if n_out == 2:
+                        from sklearn.metrics import roc_auc_score
+
+                        res[f"{name}_auc"] = float(roc_auc_score(yt[m].numpy(), prob[:, 1]))
+                else:
+                    res[f"{name}_loss"] = float(((out - yt[m]) ** 2).mean())
+                    res[f"{name}_r2"] = float(1 - ((out - yt[m]) ** 2).sum() / ((yt[m] - yt[m].mean(0)) ** 2).sum())
+            runs.append(res)
+    best = sorted(runs, key=lambda r: r["val_loss"])[:keep]
+    metric = "test_auc" if classify and n_out == 2 else "test_accuracy" if classify else "test_r2"
+    values = np.array([r[metric] for r in best])
+    q25, q50, q75 = np.percentile(values, [25, 50, 75])
+    return {
+        "target": target,
+        "level": "object" if per_object else "event",
+        "kind": "logistic" if classify else "linear",
+        "features": ("pca " if use_pca else "") + f"{xt.shape[1]}-dim latents",
+        "rows": {k: int(v.sum()) for k, v in parts.items()},
+        "metric": metric.removeprefix("test_"),
+        "median": float(q50),
+        "iqr": float(q75 - q25),
+        "seeds": seeds,
+        "kept": keep,
+        "runs": runs,
+    }
