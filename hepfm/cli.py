@@ -229,7 +229,7 @@ def validate(
         if problems:
             bad += 1
             for p in problems:
-                err_console.print(f"[red]{p}[/]", highlight=False, soft_wrap=True)
+                err_console.print(f"[bold red]error:[/] {escape(p)}", highlight=False, soft_wrap=True)
         else:
             console.print(f"[green]ok[/] {path}", highlight=False)
     if bad:
@@ -299,7 +299,7 @@ def _train(task, out: Path | None, resume: bool, fraction: float, wandb: str) ->
 
 @command()
 def pretrain(
-    task: Annotated[Path, typer.Argument(help="task YAML")] = Path("tasks/pretrain.yaml"),
+    task: Annotated[Path | None, typer.Argument(help="task YAML (default: tasks/pretrain.yaml)")] = None,
     data: Annotated[Path | None, typer.Option(help="event store (overrides dataset.params.path)")] = None,
     out: Annotated[Path | None, typer.Option(help="run folder")] = None,
     set_: SetOpt = None,
@@ -307,6 +307,11 @@ def pretrain(
     wandb: WandbOpt = "offline",
 ) -> None:
     """Pretrain a backbone (self-supervised stage, then multi-task), as the task's stages declare."""
+    if task is None:  # ./tasks/pretrain.yaml, else the one shipped beside the package (source installs)
+        task = Path("tasks/pretrain.yaml")
+        shipped = Path(__file__).resolve().parents[1] / "tasks" / "pretrain.yaml"
+        if not task.is_file() and shipped.is_file():
+            task = shipped
     overrides = list(set_ or []) + ([f"dataset.params.path={data}"] if data else [])
     _train(_resolve(task, overrides), out, resume, 1.0, wandb)
 

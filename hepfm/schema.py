@@ -295,7 +295,7 @@ class Normaliser(torch.nn.Module):
                 self.register_buffer(f"{part}_{key}", value)
 
     @staticmethod
-    def _apply(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, log: torch.Tensor) -> torch.Tensor:
+    def _normalise(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, log: torch.Tensor) -> torch.Tensor:
         x = torch.where(log, torch.log1p(x.clamp_min(0)), x)
         return (x - shift) / scale
 
@@ -306,12 +306,12 @@ class Normaliser(torch.nn.Module):
 
     def objects(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Normalise [B, N, F] object features; masked rows are zeroed."""
-        y = self._apply(x, self.objects_shift, self.objects_scale, self.objects_log)
+        y = self._normalise(x, self.objects_shift, self.objects_scale, self.objects_log)
         return y * mask.unsqueeze(-1).to(y.dtype)
 
     def globals(self, g: torch.Tensor) -> torch.Tensor:
         """Normalise [B, G] globals."""
-        return self._apply(g, self.globals_shift, self.globals_scale, self.globals_log)
+        return self._normalise(g, self.globals_shift, self.globals_scale, self.globals_log)
 
     def objects_inverse(self, y: torch.Tensor) -> torch.Tensor:
         """Physical object features from normalised ones (for generative heads)."""

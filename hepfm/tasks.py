@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import plugins
 from ._errors import TaskError
@@ -115,6 +115,17 @@ class Task(_Strict):
     heads: dict[str, HeadSpec] = Field(default_factory=dict)
     train: TrainSpec = Field(default_factory=TrainSpec)
     metrics: list[Component] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _stages_name_heads(self) -> Task:
+        stages = self.train.stages
+        for st in stages:
+            unknown = sorted(set(st.heads or []) - set(self.heads))
+            if unknown:
+                raise ValueError(f"stage '{st.name}' names heads {unknown} that are not under heads:")
+        if stages and abs(sum(st.fraction for st in stages) - 1.0) > 1e-6:
+            raise ValueError(f"train.stages fractions sum to {sum(st.fraction for st in stages):g}; they must sum to 1")
+        return self
 
     @field_validator("metrics", mode="before")
     @classmethod

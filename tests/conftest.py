@@ -51,8 +51,10 @@ def assert_one_line_error(result, *needles):
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     text = result.stdout + result.stderr
     assert "Traceback" not in text
-    lines = result.error_lines
-    assert len(lines) == 1, lines
+    lines = [line for line in result.error_lines if line.startswith("error:")]
+    assert len(lines) == 1, result.error_lines  # informational log lines (the resolved plan) may precede it
+    others = [line for line in result.error_lines if not line.startswith("error:")]
+    assert not any("error" in line.lower() or "Traceback" in line for line in others), others
     for needle in needles:
         assert str(needle) in lines[0], (needle, lines[0])
     return lines[0]

@@ -107,7 +107,9 @@ class SegmentationHead(nn.Module):
                 cost = -prob[e][:, classes] + bce + _dice(ml.sigmoid(), seg_t, real)
             qi, si = linear_sum_assignment(cost.cpu().numpy())
             qi_t, si_t = torch.as_tensor(qi, device=logits.device), torch.as_tensor(si, device=logits.device)
-            class_target[e, qi_t] = torch.as_tensor(classes, device=logits.device)[si_t]
+            class_target[e, qi_t] = torch.as_tensor([int(c) for c in classes], dtype=torch.long, device=logits.device)[
+                si_t
+            ]
             bce_m = (F.binary_cross_entropy_with_logits(ml[qi_t], seg_t[si_t], reduction="none") * real).sum(
                 -1
             ) / real.sum().clamp_min(1)

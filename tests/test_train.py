@@ -1,0 +1,219 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT, assert_one_line_error, run_python
+
+TINY = ["--set", "model.preset=tiny", "--wandb", "disabled"]
+
+
+def _losses(path):
+    out = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if "train/total" in record:
+            out[record["step"]] = record["train/total"]  # a resumed run overwrites the replayed steps
+    return out
+
+
+def _hepfm(*args):
+    return [sys.executable, "-m", "hepfm", *map(str, args)]
+
+
+def test_sigkill_then_resume_gives_the_same_losses(tmp_path, demo_store):
+    args = [
+        "pretrain",
+        ROOT / "tasks" / "demo_pretrain.yaml",
+        "--data",
+        demo_store.path,
+        *TINY,
+        "--set",
+        "train.max_steps=40",
+        "--set",
+        "train.val_every=10",
+        "--set",
+        "train.log_every=1",
+        "--set",
+        "train.batch_size=64",
+    ]
+    env = {**os.environ, "HEPFM_PROGRESS": "0"}
+    subprocess.run(_hepfm(*args, "--out", tmp_path / "a"), check=True, env=env, capture_output=True)
+
+    proc = subprocess.Popen(
+        _hepfm(*args, "--out", tmp_path / "b"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    metrics = tmp_path / "b" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.exists() and '"step": 26,' in metrics.read_text()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ckpts = sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir())
+    assert all(name.endswith(".safetensors") for name in ckpts), ckpts  # no half-written file left behind
+    r = subprocess.run(_hepfm(*args, "--out", tmp_path / "b", "--resume"), env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "resumed" in r.stderr and "at step 20" in r.stderr
+    a, b = _losses(tmp_path / "a" / "metrics.jsonl"), _losses(metrics)
+    assert [a[s] for s in range(21, 41)] == [b[s] for s in range(21, 41)]  # exactly, the next 20 steps
+
+    # a finished run is not overwritten, and --resume needs a run
+    r = subprocess.run(_hepfm(*args, "--out", tmp_path / "a"), env=env, capture_output=True, text=True)
+    assert r.returncode == 1 and "already exists" in r.stderr
+    r = subprocess.run(_hepfm(*args, "--out", tmp_path / "c", "--resume"), env=env, capture_output=True, text=True)
+    assert r.returncode == 1 and "no checkpoint" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.fixture(scope="module")
+def pythia_stores(tmp_path_factory):
+    pytest.importorskip("pythia8mc")
+    from hepfm.generate import generate_store
+
+    d = tmp_path_factory.mktemp("pythia")
+    mix = generate_store(
+        {"ttbar_dilepton": 0.4, "ttbar_semileptonic": 0.2, "qcd_multijet": 0.2, "zjets": 0.2},
+        1600,
+        d / "mix.zarr",
+        seed=1,
+        workers=2,
+        chunk_events=400,
+        params={"fast": True},
+    )
+    tt = generate_store(
+        {"ttbar_dilepton": 1.0}, 1200, d / "tt.zarr", seed=2, workers=2, chunk_events=400, params={"fast": True}
+    )
+    return mix.path, tt.path
+
+
+def test_pretrain_finetune_embed_probe_end_to_end(tmp_path, cli, pythia_stores):
+    mix, tt = pythia_stores
+    pre, fine, lat = tmp_path / "pre", tmp_path / "fine", tmp_path / "lat.zarr"
+    r = cli(
+        "pretrain",
+        "--data",
+        mix,
+        "--out",
+        pre,
+        *TINY,
+        "--set",
+        "train.max_steps=16",
+        "--set",
+        "train.batch_size=64",
+        "--set",
+        "train.val_every=8",
+        "--set",
+        "train.val_batches=2",
+    )
+    assert r.exit_code == 0, r.stderr + r.stdout
+    stages = {json.loads(line).get("stage") for line in (pre / "metrics.jsonl").read_text().splitlines()}
+    assert {"self_supervised", "multitask"} <= stages
+    assert (pre / "MODEL_CARD.md").exists() and (pre / "task.yaml").exists()
+
+    r = cli(
+        "finetune",
+        ROOT / "tasks" / "qe_ttbar.yaml",
+        "--init",
+        pre,
+        "--data",
+        tt,
+        "--out",
+        fine,
+        *TINY,
+        "--set",
+        "train.max_steps=10",
+        "--set",
+        "train.batch_size=64",
+        "--set",
+        "train.val_every=5",
+        "--set",
+        "train.val_batches=2",
+        "--fraction",
+        "0.5",
+    )
+    assert r.exit_code == 0, r.stderr + r.stdout
+    assert "init from" in r.stderr and "loaded" in r.stderr and "skipped" in r.stderr
+    report = json.loads((fine / "init_report.json").read_text())
+    assert any(k.startswith("backbone.") for k in report["loaded"])
+    assert any(k.startswith("heads.process") for k in report["skipped"])  # pretraining heads the task lacks
+    assert any(k.startswith("heads.assignment") for k in report["missing"])  # new heads start fresh
+
+    r = cli("embed", fine, "--data", tt, "--out", lat, "--pca", 8)
+    assert r.exit_code == 0, r.stderr + r.stdout
+    r = cli("probe", lat, "--target", "n_jet", "--seeds", 3, "--epochs", 10, "--json", tmp_path / "probe.json")
+    assert r.exit_code == 0, r.stderr + r.stdout
+    assert "test r2" in r.stdout
+
+    # every output reloads in a fresh process
+    code = """
+import json, sys
+import zarr
+from hepfm.checkpoint import load_model
+from hepfm.embed import open_latents
+m = load_model(sys.argv[1]); f = load_model(sys.argv[2])
+g = open_latents(sys.argv[3])
+p = json.load(open(sys.argv[4]))
+print(type(m).__name__, sorted(f.heads), g["event_latents"].shape, g["event_latents_pca"].shape,
+      round(g.attrs["pca"]["event"]["explained_total"], 3) > 0, p["metric"])
+"""
+    out = run_python(code, pre, fine, lat, tmp_path / "probe.json").stdout
+    assert "EventModel ['assignment', 'neutrinos'] (1200, 64) (1200, 8) True r2" in out
+
+
+def test_checkpoints_are_safe_and_checked(tmp_path, cli, demo_store):
+    from hepfm.checkpoint import load_checkpoint
+
+    evil = tmp_path / "evil.safetensors"
+    evil.write_bytes(b"\x80\x04\x95pickled payload")
+    with pytest.raises(Exception, match="not a readable safetensors checkpoint"):
+        load_checkpoint(evil)
+    run = tmp_path / "run"
+    r = cli(
+        "finetune",
+        ROOT / "tasks" / "demo_classify.yaml",
+        "--data",
+        demo_store.path,
+        "--out",
+        run,
+        *TINY,
+        "--set",
+        "train.max_steps=4",
+        "--set",
+        "train.val_every=2",
+        "--set",
+        "train.val_batches=1",
+    )
+    assert r.exit_code == 0, r.stderr
+    # a checkpoint of another preset: no backbone tensor fits
+    r = cli(
+        "finetune",
+        ROOT / "tasks" / "demo_classify.yaml",
+        "--data",
+        demo_store.path,
+        "--out",
+        tmp_path / "r2",
+        "--init",
+        run,
+        "--set",
+        "model.preset=small",
+        "--wandb",
+        "disabled",
+    )
+    assert_one_line_error(r, "no backbone tensor matches")
+    # embedding data of another schema
+    import zarr
+
+    other = tmp_path / "other.zarr"
+    import shutil
+
+    shutil.copytree(demo_store.path, other)
+    g = zarr.open_group(other, mode="r+")
+    schema = dict(g.attrs["schema"])
+    schema["max_objects"] = 12
+    g.attrs["schema"] = schema
+    assert_one_line_error(cli("embed", run, "--data", other, "--out", tmp_path / "l.zarr"), "other.zarr", "max_objects")
+    assert_one_line_error(
+        cli("embed", tmp_path / "nope", "--data", other, "--out", tmp_path / "l.zarr"), "no checkpoint"
+    )
