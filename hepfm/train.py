@@ -17,6 +17,7 @@ Run folder::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -94,6 +95,23 @@ def init_from(
     path = find_checkpoint(checkpoint, "best")
     ckpt = load_checkpoint(path)
     source = ckpt["ema"] or ckpt["model"]
+    theirs = ckpt["config"].get("backbone", {})
+    mine = model.config.to_dict()
+    differ = [
+        f"{k} {theirs.get(k)} (checkpoint) != {v} (task)"
+        for k, v in mine.items()
+        if k not in ("feature_dropout", "dropout") and theirs.get(k) != v
+    ]
+    if differ:
+        raise HepfmError(
+            f"{path}: the pretrained backbone has other sizes: {'; '.join(differ)}; "
+            "set the task's model to the pretrained preset"
+        )
+    from .schema import EventSchema
+
+    schema_diff = EventSchema.model_validate(ckpt["config"]["schema"]).differences(model.schema)
+    if schema_diff:
+        raise HepfmError(f"{path}: checkpoint 'schema' differs from the data's: {'; '.join(schema_diff)}")
     own = model.state_dict()
     loaded, skipped = [], []
     for key, value in source.items():
@@ -122,10 +140,14 @@ class LocalEngine:
 
     ``step(loss)`` does backward, clipping and the optimizer step; ``rank``/``world_size`` shard
     the data; only the main process (``is_main``) writes logs and checkpoints; ``barrier()``
-    waits for every process; ``optimizer`` is the torch optimizer whose state is checkpointed.
+    waits for every process; ``optimizer`` is the torch optimizer whose state is checkpointed
+    (``None``: the engine cannot checkpoint it, and ``--resume`` is refused); batches go to
+    ``device``; the forward pass runs inside ``autocast()``; ``mean(values)`` averages logged
+    numbers over the processes (a collective). See ``hepfm._deepspeed`` for the other engine.
     """
 
     rank, world_size = 0, 1
+    device = torch.device("cpu")
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float | None) -> None:
         self.model, self.optimizer, self.grad_clip = model, optimizer, grad_clip
@@ -140,6 +162,12 @@ class LocalEngine:
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def mean(self, values: dict[str, float]) -> dict[str, float]:
+        return values
 
     def barrier(self) -> None:
         pass
@@ -243,6 +271,7 @@ def _validate(
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
+        batch = batch.to(next(model.parameters()).device)
         _, parts, _ = model.loss(batch, heads)
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + v * len(batch)
@@ -315,11 +344,9 @@ def train(
     np.random.seed(t.seed % 2**32)
     model = build_model(config)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "task.yaml", task.to_yaml())
     report = None
     if task.init is not None and not resume:
         report = init_from(model, task.init.checkpoint, task.init.skip_mismatched)
-        _write_atomic(out / "init_report.json", json.dumps(report, indent=2))
         err_console.print(
             f"init from {report['checkpoint']}: loaded {len(report['loaded'])} tensors, "
             f"skipped {len(report['skipped'])}, new {len(report['missing'])}",
@@ -335,6 +362,10 @@ def train(
         groups.append({"params": backbone, "lr": t.lr * t.backbone_lr_scale, "base_lr": t.lr * t.backbone_lr_scale})
     optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
     engine = make_engine(task, model, optimizer)
+    if engine.is_main:  # one writer: with several processes only the main one writes files
+        _write_atomic(out / "task.yaml", task.to_yaml())
+        if report is not None:
+            _write_atomic(out / "init_report.json", json.dumps(report, indent=2))
     ema = _EMA(model, t.ema_decay)
 
     train_loader = EventLoader(
@@ -375,6 +406,12 @@ def train(
     step, epoch, position, best = 0, 0, 0, None
     if resume:
         ckpt = load_checkpoint(last_path)
+        if engine.optimizer is None or ckpt["optimizer"] is None:
+            engine.close()
+            raise HepfmError(
+                f"{out}: --resume needs the optimizer state, which train.engine=deepspeed with zero_stage > 0 "
+                "partitions across processes and does not checkpoint; resume only runs with zero_stage 0"
+            )
         model.load_state_dict(ckpt["model"])
         ema.model.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -382,6 +419,8 @@ def train(
         step, epoch, position, best = st["step"], st["epoch"], st["position"], st["best_val"]
         _set_rng(st["rng"], ckpt["tensors"]["rng/torch"])
         err_console.print(f"resumed {out} at step {step} (epoch {epoch}, batch {position})", highlight=False)
+    if engine.rank > 0:  # every process draws its own noise; rank 0 keeps the run's stream
+        torch.manual_seed(t.seed * 1_000_003 + engine.rank * 7919 + step)
 
     run = _start_wandb(task, out, wandb_mode) if engine.is_main else None
     metrics_path = out / "metrics.jsonl"
@@ -398,7 +437,7 @@ def train(
             model,
             config,
             ema.model,
-            optimizer,
+            engine.optimizer,
             state,
             {"rng/torch": torch.get_rng_state()},
         )
@@ -422,7 +461,9 @@ def train(
                 factor = _lr_factor(step, total, t.warmup)
                 for g in optimizer.param_groups:
                     g["lr"] = g["base_lr"] * factor
-                loss, parts, _ = model.loss(batch, heads)
+                batch = batch.to(engine.device)
+                with engine.autocast():
+                    loss, parts, _ = model.loss(batch, heads)
                 if not torch.isfinite(loss):
                     raise HepfmError(
                         f"step {step}: loss is {float(loss)} (parts {parts}); lower train.lr or check the data"
@@ -431,8 +472,10 @@ def train(
                 ema.update(model)
                 step += 1
                 position = i + 1
-                seen += len(batch)
+                seen += len(batch) * engine.world_size
                 advance(1)
+                if step % t.log_every == 0 or step == total:
+                    parts = engine.mean(parts)  # over the processes (every process must call it)
                 if engine.is_main and (step % t.log_every == 0 or step == total):
                     rate = seen / max(time.perf_counter() - t0, 1e-9)
                     record = {
@@ -484,6 +527,7 @@ def _start_wandb(task: Task, out: Path, mode: str):
         return None
     if mode not in ("offline", "online"):
         raise HepfmError(f"--wandb '{mode}': expected offline, online or disabled")
+    os.environ.setdefault("WANDB_SILENT", "true")
     import wandb
 
     return wandb.init(
