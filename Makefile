@@ -11,11 +11,24 @@ $(BIN)/hepfm-installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev,generate,ingest]"
 	touch $@
 
+# The main job on the embedded default: Pythia events -> pretrain -> finetune -> embed -> probe (a few minutes).
+DEMO := data/demo
+TINY := --set model.preset=tiny --set train.batch_size=128 --set train.val_batches=4 --wandb offline
 demo: $(BIN)/hepfm-installed
 	$(BIN)/hepfm plugins
-	$(BIN)/hepfm generate toy_signal=0.5 toy_background=0.5 --events 20000 --seed 1 --out data/demo.zarr --overwrite
-	$(BIN)/hepfm inspect data/demo.zarr --plots data/demo_plots
-	$(BIN)/hepfm validate tasks/*.yaml
+	$(BIN)/hepfm generate ttbar_dilepton ttbar_semileptonic qcd_multijet wjets zjets --events 4000 --fast \
+		--workers 2 --chunk-events 800 --seed 1 --out $(DEMO)/pretrain.zarr --overwrite
+	$(BIN)/hepfm generate ttbar_dilepton --events 2000 --fast --workers 2 --chunk-events 500 --seed 2 \
+		--out $(DEMO)/ttbar_dilepton.zarr --overwrite
+	$(BIN)/hepfm inspect $(DEMO)/pretrain.zarr --plots $(DEMO)/plots
+	rm -rf $(DEMO)/runs $(DEMO)/latents.zarr
+	$(BIN)/hepfm pretrain --data $(DEMO)/pretrain.zarr --out $(DEMO)/runs/pretrain $(TINY) \
+		--set train.max_steps=80 --set train.val_every=40
+	$(BIN)/hepfm finetune tasks/qe_ttbar.yaml --init $(DEMO)/runs/pretrain --data $(DEMO)/ttbar_dilepton.zarr \
+		--out $(DEMO)/runs/qe_ttbar $(TINY) --set train.max_steps=40 --set train.val_every=20
+	$(BIN)/hepfm embed $(DEMO)/runs/pretrain --data $(DEMO)/pretrain.zarr --out $(DEMO)/latents.zarr --pca 16
+	$(BIN)/hepfm probe $(DEMO)/latents.zarr --target process --epochs 20
+	@echo "outputs: $(DEMO)/{pretrain,ttbar_dilepton}.zarr, $(DEMO)/plots, $(DEMO)/runs/{pretrain,qe_ttbar}, $(DEMO)/latents.zarr"
 
 test: $(BIN)/hepfm-installed
 	$(BIN)/ruff check .
