@@ -34,12 +34,12 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from . import __version__, plugins
 from ._errors import HepfmError, StoreError
 from ._progress import progress
+from ._yaml import line_of, located, read_yaml
 from .schema import EventBlock, EventSchema
 from .store import DEFAULT_CHUNK, EventStore, StoreWriter
 
@@ -304,50 +304,28 @@ def load_mapping(path: str | os.PathLike, model: type[BaseModel]) -> BaseModel:
 
     Problems are reported on one line as ``FILE:LINE: key: message`` (several joined by ``;``).
     """
-    from .tasks import _dotted, _key_lines, _line_of
-
     path = Path(path)
-    if not path.is_file():
-        raise HepfmError(f"{path}: no such mapping file")
-    try:
-        text = path.read_text()
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise HepfmError(f"{path}{line}: YAML syntax error: {problem}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise HepfmError(f"{path}: cannot read ({exc})") from None
+    data, lines = read_yaml(path, "mapping file")
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise HepfmError(f"{path}: a mapping file must be a mapping of keys, got {type(data).__name__}")
-    lines = _key_lines(node) if node is not None else {}
     if hasattr(model, "from_mapping_file"):  # e.g. a SPANet event YAML given directly as --map
         data = model.from_mapping_file(path, data)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = tuple(err["loc"])
-            line = _line_of(lines, loc)
-            problems.append(f"{path}{f':{line}' if line else ''}: {_dotted(loc)}: {err['msg']}")
+        problems = [located(path, lines, tuple(err["loc"]), err["msg"]) for err in exc.errors()]
         raise HepfmError("; ".join(dict.fromkeys(problems))) from None
 
 
 def _mapping_problem(exc: MappingError, mapping: Path | None) -> HepfmError:
     if mapping is None:
         return HepfmError(f"converter params: {exc}")
-    from .tasks import _key_lines, _line_of
-
     try:
-        node = yaml.compose(mapping.read_text(), Loader=yaml.SafeLoader)
-        lines = _key_lines(node) if node is not None else {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        _, lines = read_yaml(mapping)
+    except HepfmError:
         lines = {}
-    line = _line_of(lines, exc.loc)
+    line = line_of(lines, exc.loc)
     return HepfmError(f"{mapping}{f':{line}' if line else ''}: {exc}")
 
 

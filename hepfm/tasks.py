@@ -15,7 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import plugins
-from ._errors import TaskError
+from ._errors import HepfmError, TaskError
+from ._yaml import dotted, line_of, read_yaml
 from .store import SplitSpec
 
 __all__ = [
@@ -142,32 +143,6 @@ class Task(_Strict):
 # --------------------------------------------------------------------------------------------
 # YAML with line numbers
 # --------------------------------------------------------------------------------------------
-def _key_lines(node: yaml.Node, prefix: tuple = (), out: dict | None = None) -> dict[tuple, int]:
-    """Map every key path in a composed YAML document to its 1-based line."""
-    out = {} if out is None else out
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            path = (*prefix, key.value)
-            out[path] = key.start_mark.line + 1
-            _key_lines(value, path, out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, value in enumerate(node.value):
-            out[(*prefix, i)] = value.start_mark.line + 1
-            _key_lines(value, (*prefix, i), out)
-    return out
-
-
-def _line_of(lines: dict[tuple, int], loc: tuple) -> int | None:
-    for n in range(len(loc), 0, -1):
-        if loc[:n] in lines:
-            return lines[loc[:n]]
-    return None
-
-
-def _dotted(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc) or "(top level)"
-
-
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"train.lr=3e-4"`` -> (["train", "lr"], 0.0003).
 
@@ -260,22 +235,12 @@ def load_task(path: str | os.PathLike, overrides: list[str] | None = None) -> Ta
     """
     path = Path(path)
     where = str(path)
-    if not path.is_file():
-        raise TaskError([f"{where}: no such task file"])
     try:
-        text = path.read_text()
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise TaskError([f"{where}{line}: YAML syntax error: {problem}"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TaskError([f"{where}: cannot read ({exc})"]) from None
+        data, lines = read_yaml(path, "task file")
+    except HepfmError as exc:
+        raise TaskError([str(exc)]) from None
     if not isinstance(data, dict):
         raise TaskError([f"{where}: a task file must be a mapping of keys (name, dataset, heads, ...)"])
-    lines = _key_lines(node) if node is not None else {}
     try:
         override_paths = {tuple(parse_override(o)[0]) for o in overrides or []}
     except TaskError as exc:
@@ -292,12 +257,12 @@ def load_task(path: str | os.PathLike, overrides: list[str] | None = None) -> Ta
     if problems:
         formatted, seen = [], set()
         for loc, msg in problems:
-            key = _dotted(loc)
+            key = dotted(loc)
             if (key, msg) in seen:
                 continue
             seen.add((key, msg))
             from_set = any(loc[: len(p)] == p for p in override_paths)
-            line = _line_of(lines, loc)
+            line = line_of(lines, loc)
             origin = f"{where} (--set)" if from_set else f"{where}:{line}" if line else where
             formatted.append(f"{origin}: {key}: {msg}")
         raise TaskError(formatted)
