@@ -16,7 +16,7 @@ from .generate import generate_store
 from .schema import EventBlock
 from .store import EventLoader, EventStore, StoreWriter
 
-__all__ = ["bench_loader", "bench_model", "epoch_peak_rss"]
+__all__ = ["bench_loader", "bench_model", "bench_train", "epoch_peak_rss"]
 
 _RSS_SCRIPT = """
 import json, sys, time
@@ -217,4 +217,55 @@ def bench_model(
                     store.schema, store.stats, PRESETS[preset], {"p": (cls, cls.Params(num_classes=2), 1.0)}
                 )
                 result.setdefault("parameters_only", {})[preset] = sum(p.numel() for p in model.parameters())
+        return result
+
+
+def bench_train(
+    presets: tuple[str, ...] = ("tiny", "small"),
+    steps: int = 30,
+    batch_size: int = 256,
+    engine: str = "local",
+    directory: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Training events/s of the full trainer (loader, model, EMA, logging) per preset.
+
+    Trains visible diffusion plus classification (both heads every step) on toy events for
+    ``steps`` steps; the rate is the run's own events/s at its last step (``metrics.jsonl``),
+    counted from the first step.
+    """
+    from .tasks import Task
+    from .train import train
+
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        tmp = Path(tmp)
+        store = generate_store(
+            {"toy_signal": 0.5, "toy_background": 0.5}, max(20_000, 4 * batch_size * 2), tmp / "t.zarr"
+        )
+        result: dict[str, Any] = {"steps": steps, "batch_size": batch_size, "engine": engine}
+        for preset in presets:
+            task = Task.model_validate(
+                {
+                    "name": f"bench_{preset}",
+                    "dataset": {"name": "zarr", "params": {"path": str(store.path)}},
+                    "model": {"preset": preset},
+                    "heads": {
+                        "visible": {"name": "visible_diffusion", "params": {"mask_fraction": 0.5}},
+                        "process": {"name": "classification", "params": {"num_classes": 2}},
+                    },
+                    "train": {
+                        "max_steps": steps,
+                        "batch_size": batch_size,
+                        "log_every": 1,
+                        "val_every": 10 * steps,
+                        "val_batches": 1,
+                        "engine": engine,
+                    },
+                }
+            )
+            t0 = time.perf_counter()
+            train(task, tmp / f"run_{preset}", wandb_mode="disabled")
+            wall = time.perf_counter() - t0
+            lines = [json.loads(x) for x in (tmp / f"run_{preset}" / "metrics.jsonl").read_text().splitlines()]
+            rates = [x["events_per_s"] for x in lines if "events_per_s" in x]
+            result[preset] = {"events_per_s": rates[-1], "wall_s": wall}
         return result

@@ -143,10 +143,7 @@ def test_training_commands_take_set_and_say_not_landed(tmp_path, cli):
     assert_one_line_error(r, "x.zarr", "no such event store")
     r = cli("study", path, "--pretrained", tmp_path, "--set", "model.preset=tiny", "--set", "train.max_steps=30")
     assert r.exit_code == 2 and "not available" in r.stderr and "issue #" in r.stderr
-    for cmd in (
-        ["evaluate", tmp_path, "--data", tmp_path],
-        ["bench", "train"],
-    ):
+    for cmd in (["evaluate", tmp_path, "--data", tmp_path],):
         r = cli(*cmd)
         assert r.exit_code == 2 and len(r.error_lines) == 1 and "not available" in r.stderr, (cmd, r.stderr)
     # convert has landed (issue 7): an unknown format or a missing input is bad input (exit 1), in one line

@@ -221,3 +221,10 @@ def test_checkpoints_are_safe_and_checked(tmp_path, cli, demo_store):
     assert_one_line_error(
         cli("embed", tmp_path / "nope", "--data", other, "--out", tmp_path / "l.zarr"), "no checkpoint"
     )
+
+
+def test_bench_train_small_run(tmp_path):
+    from hepfm.bench import bench_train
+
+    r = bench_train(presets=("tiny",), steps=3, batch_size=32, directory=tmp_path)
+    assert r["tiny"]["events_per_s"] > 0 and r["engine"] == "local"
