@@ -407,12 +407,12 @@ def bench(
         int, typer.Option(help="events in the store whose epoch peak RSS is measured (0: skip)")
     ] = 2_000_000,
     workers: Annotated[str, typer.Option(help="comma-separated loader worker counts")] = "0,2",
-    batch_size: Annotated[int, typer.Option()] = 1024,
+    batch_size: Annotated[int, typer.Option(help="loader: 1024; model and train use 256 unless given")] = 1024,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the figures here")] = None,
 ) -> None:
     """Measure throughput and memory: loader (store I/O), model (size, FLOPs, speed), train."""
     if kind == "model":
-        _bench_model(batch_size, json_out)
+        _bench_model(256 if batch_size == 1024 else batch_size, json_out)
         return
     if kind == "train":
         from .bench import bench_train

@@ -158,6 +158,7 @@ def embed(
             advance(b)
     attrs: dict[str, Any] = {
         "hepfm": LATENTS_FORMAT,
+        "path": str(out),
         "run": str(run),
         "checkpoint": str(ckpt_path),
         "data": str(store.path),
@@ -211,7 +212,7 @@ def _features_and_target(g: zarr.Group, target: str, use_pca: bool, max_events: 
         y = g["globals"][:n][:, globals_.index(target)]
     else:
         known = ", ".join(sorted(targets) + globals_)
-        raise HepfmError(f"{g.store_path}: unknown --target '{target}'; known: {known}")
+        raise HepfmError(f"{g.attrs.get('path', 'latents')}: unknown --target '{target}'; known: {known}")
     suffix = "_pca" if use_pca else ""
     if use_pca and f"event_latents{suffix}" not in g:
         raise HepfmError("--pca given but the latents store has no PCA projections (embed with --pca K)")
@@ -240,6 +241,12 @@ def probe(
     g = open_latents(latents)
     x, y, split, per_object = _features_and_target(g, target, use_pca, max_events)
     classify = np.issubdtype(y.dtype, np.integer) or y.dtype == bool
+    if classify and y.ndim != 1:
+        raise HepfmError(
+            f"{latents}: --target '{target}' holds {y.shape[1]} integers per event; a probe needs one label per "
+            "event or per object"
+        )
+    keep = min(keep, seeds)
     if classify:
         valid = y >= 0 if y.ndim == 1 else np.ones(len(y), bool)
         x, y, split = x[valid], y[valid], split[valid]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -76,7 +76,7 @@ class StageSpec(_Strict):
     name: str
     fraction: float = Field(gt=0, le=1, description="share of the total steps")
     heads: list[str] | None = Field(None, description="head keys trained in this stage (default: all)")
-    mask_fraction: tuple[float, float] | None = Field(
+    mask_fraction: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] | None = Field(
         None, description="visible-diffusion masking fraction ramped linearly from start to end"
     )
 

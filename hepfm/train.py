@@ -320,6 +320,8 @@ def train(
     """Train a task into a run folder (see module docstring); ``resume`` continues exactly."""
     out = Path(out)
     t = task.train
+    if wandb_mode not in ("offline", "online", "disabled"):
+        raise HepfmError(f"--wandb '{wandb_mode}': expected offline, online or disabled")
     last_path = out / "checkpoints" / "last.safetensors"
     if resume and not last_path.is_file():
         raise HepfmError(f"{out}: --resume given but no checkpoint at checkpoints/last.safetensors")
@@ -417,6 +419,10 @@ def train(
         optimizer.load_state_dict(ckpt["optimizer"])
         st = ckpt["trainer"]
         step, epoch, position, best = st["step"], st["epoch"], st["position"], st["best_val"]
+        metrics_file = out / "metrics.jsonl"
+        if engine.is_main and metrics_file.exists():  # forget what was logged after the checkpoint
+            kept = [x for x in metrics_file.read_text().splitlines() if x and json.loads(x).get("step", 0) <= step]
+            _write_atomic(metrics_file, "".join(x + "\n" for x in kept))
         _set_rng(st["rng"], ckpt["tensors"]["rng/torch"])
         err_console.print(f"resumed {out} at step {step} (epoch {epoch}, batch {position})", highlight=False)
     if engine.rank > 0:  # every process draws its own noise; rank 0 keeps the run's stream

@@ -32,11 +32,13 @@ class ClassificationHead(torch.nn.Module):
     @classmethod
     def bind(cls, params: dict, store) -> dict:
         """Fill what the data decides: the number of classes is the store's process count."""
-        if params.get("num_classes") is None and params.get("target", "process") == "process":
-            if len(store.processes) < 2:
-                raise ValueError(f"{store.path} holds {len(store.processes)} process; give num_classes")
-            params = {**params, "num_classes": len(store.processes)}
-        return params
+        if params.get("num_classes") is not None:
+            return params
+        if params.get("target", "process") != "process":
+            raise ValueError(f"num_classes is needed for target '{params['target']}'")
+        if len(store.processes) < 2:
+            raise ValueError(f"{store.path} holds {len(store.processes)} process; give num_classes")
+        return {**params, "num_classes": len(store.processes)}
 
     def __init__(self, params: Params, dims: HeadDims) -> None:
         super().__init__()
