@@ -370,38 +370,25 @@ def train(
             _write_atomic(out / "init_report.json", json.dumps(report, indent=2))
     ema = _EMA(model, t.ema_decay)
 
-    train_loader = EventLoader(
-        store,
-        "train",
-        t.batch_size,
-        True,
-        t.seed,
-        task.split,
-        fraction,
-        t.num_workers,
-        rank=engine.rank,
-        world_size=engine.world_size,
-        drop_last=True,
-    )
-    val_loader = EventLoader(store, "val", t.batch_size, False, t.seed, task.split)
-    per_epoch = min(  # every rank takes the same number of steps per epoch
-        len(
-            EventLoader(
-                store,
-                "train",
-                t.batch_size,
-                True,
-                t.seed,
-                task.split,
-                fraction,
-                t.num_workers,
-                rank=r,
-                world_size=engine.world_size,
-                drop_last=True,
-            )
+    def train_loader_of(rank: int) -> EventLoader:
+        return EventLoader(
+            store,
+            "train",
+            t.batch_size,
+            True,
+            t.seed,
+            task.split,
+            fraction,
+            t.num_workers,
+            rank=rank,
+            world_size=engine.world_size,
+            drop_last=True,
         )
-        for r in range(engine.world_size)
-    )
+
+    train_loader = train_loader_of(engine.rank)
+    val_loader = EventLoader(store, "val", t.batch_size, False, t.seed, task.split)
+    # every rank takes the same number of steps per epoch
+    per_epoch = min(len(train_loader_of(r)) for r in range(engine.world_size))
     if per_epoch == 0:
         raise HepfmError(f"{store.path}: the training split has fewer events than one batch ({t.batch_size})")
     total = t.max_steps or t.epochs * per_epoch
