@@ -147,10 +147,23 @@ class LocalEngine:
     """
 
     rank, world_size = 0, 1
-    device = torch.device("cpu")
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float | None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        grad_clip: float | None,
+        precision: str = "auto",
+    ) -> None:
         self.model, self.optimizer, self.grad_clip = model, optimizer, grad_clip
+        # one GPU when there is one (parameters move in place: the optimizer keeps them)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model.to(self.device)
+        bf16_ok = self.device.type == "cpu" or torch.cuda.is_bf16_supported()
+        if precision == "bf16" and not bf16_ok:
+            raise HepfmError("train.precision bf16: this GPU does not support bfloat16; use fp32 or auto")
+        # auto: bf16 autocast on a GPU that has it, fp32 on the CPU (bf16 matmuls are slow there)
+        self.bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda" and bf16_ok)
 
     @property
     def is_main(self) -> bool:
@@ -164,7 +177,9 @@ class LocalEngine:
         self.optimizer.step()
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def mean(self, values: dict[str, float]) -> dict[str, float]:
         return values
@@ -180,7 +195,7 @@ def make_engine(task: Task, model: torch.nn.Module, optimizer: torch.optim.Optim
     """The engine ``train.engine`` names."""
     t = task.train
     if t.engine == "local":
-        return LocalEngine(model, optimizer, t.grad_clip)
+        return LocalEngine(model, optimizer, t.grad_clip, t.precision)
     try:
         from ._deepspeed import DeepSpeedEngine
     except ImportError as exc:
