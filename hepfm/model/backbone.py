@@ -107,9 +107,9 @@ class LocalEdge(nn.Module):
         # h [B, N, D]; knn [B, N, K] neighbour indices; knn_valid [B, N, K] bool
         x = self.norm(h)
         b, n, k = knn.shape
-        neigh = torch.gather(
-            x.unsqueeze(1).expand(b, n, n, x.shape[-1]), 2, knn.unsqueeze(-1).expand(b, n, k, x.shape[-1])
-        )
+        # flat indexing: its backward is an index_add into [B*N, D], not a [B, N, N, D] buffer
+        offset = torch.arange(b, device=knn.device).view(b, 1, 1) * n
+        neigh = x.reshape(b * n, -1)[(knn + offset).reshape(-1)].view(b, n, k, -1)  # [B, N, K, D]
         centre = x.unsqueeze(2).expand_as(neigh)
         msg = self.edge(torch.cat([neigh - centre, centre], dim=-1))  # [B, N, K, D]
         w = knn_valid.unsqueeze(-1).to(msg.dtype)
