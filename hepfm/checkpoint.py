@@ -148,5 +148,6 @@ def load_model(run: str | os.PathLike, which: str = "best", ema: bool = True, sc
             f"{path}: weights do not fit the model in its own config "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
+    model.checkpoint_config = ckpt["config"]  # what it was rebuilt from (heads, processes, topology)
     model.eval()
     return model

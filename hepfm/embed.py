@@ -26,7 +26,7 @@ import zarr.codecs
 
 from ._errors import HepfmError
 from ._progress import progress
-from .checkpoint import find_checkpoint, load_checkpoint, load_model
+from .checkpoint import find_checkpoint, load_model
 from .store import EventLoader, EventStore, SplitSpec
 
 __all__ = ["EmbedResult", "embed", "probe", "open_latents"]
@@ -74,7 +74,7 @@ def embed(
     ckpt_path = find_checkpoint(run, which)
     model = load_model(ckpt_path, ema=True)
     store = EventStore.open(data, schema=model.schema)
-    config = load_checkpoint(ckpt_path)["config"]
+    config = model.checkpoint_config
     task_split = SplitSpec()
     task_file = Path(run) / "task.yaml" if Path(run).is_dir() else None
     if task_file is not None and task_file.is_file():
