@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ._errors import HepfmError, NotLandedError, StoreError, TaskError
+from ._errors import HepfmError, StoreError, TaskError
 from .hookspecs import hookimpl
 from .schema import Batch, EventBlock, EventSchema, Feature, FeatureStats, Normaliser, compute_globals
 from .store import EventLoader, EventStore, SplitSpec, StoreWriter
@@ -21,7 +21,6 @@ __all__ = [
     "__version__",
     "hookimpl",
     "HepfmError",
-    "NotLandedError",
     "StoreError",
     "TaskError",
     "Batch",

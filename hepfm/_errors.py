@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["HepfmError", "StoreError", "TaskError", "NotLandedError", "describe_validation_error"]
+__all__ = ["HepfmError", "StoreError", "TaskError", "describe_validation_error"]
 
 
 class HepfmError(Exception):
@@ -33,12 +33,6 @@ class TaskError(HepfmError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = list(problems)
         super().__init__("; ".join(self.problems))
-
-
-class NotLandedError(HepfmError):
-    """A command whose capability is not part of this release yet."""
-
-    exit_code = 2
 
 
 def describe_validation_error(exc: Exception) -> str:

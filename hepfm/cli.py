@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__, plugins
-from ._errors import HepfmError, NotLandedError
+from ._errors import HepfmError
 from ._progress import console, err_console
 
 app = typer.Typer(
@@ -47,10 +47,6 @@ def command(*args, **kwargs):
         return app.command(*args, **kwargs)(_command(fn))
 
     return decorate
-
-
-def _not_landed(what: str, issue: int) -> None:
-    raise NotLandedError(f"`hepfm {what}` is not available in hepfm {__version__} yet (it lands with issue #{issue})")
 
 
 # --------------------------------------------------------------------------------------------
@@ -375,28 +371,60 @@ def probe(
         json_out.write_text(json.dumps(r, indent=2))
 
 
+def _print_metrics(results: dict[str, dict[str, float]], title: str) -> None:
+    table = Table(title=title, title_justify="left")
+    for col in ("metric", "figure", "value"):
+        table.add_column(col)
+    for metric, figures in results.items():
+        for name, value in figures.items():
+            table.add_row(metric, name, f"{value:.5g}")
+    console.print(table)
+
+
 @command()
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="run folder")],
-    data: Annotated[Path, typer.Option(help="event store")],
-    out: Annotated[Path | None, typer.Option(help="output folder")] = None,
+    run: Annotated[Path, typer.Argument(help="run folder (its task.yaml names the metrics and the split)")],
+    data: Annotated[Path | None, typer.Option(help="event store (default: the run's dataset)")] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default: RUN/eval)")] = None,
+    split: Annotated[str, typer.Option(help="train | val | test | all")] = "test",
+    which: Annotated[str, typer.Option(help="best | last checkpoint")] = "best",
+    max_events: Annotated[int | None, typer.Option(help="score at most this many events")] = None,
+    batch_size: Annotated[int, typer.Option(help="events per batch")] = 512,
+    seed: Annotated[int, typer.Option(help="seed of the generative heads' sampling")] = 0,
 ) -> None:
-    """Evaluate a run with its task's metrics; write metrics.json and plots."""
-    _not_landed("evaluate", 6)
+    """Evaluate a run with its task's metrics on a store; write metrics.json and PNG plots."""
+    from .evaluate import evaluate as run_evaluate
+
+    err_console.print(f"evaluate {run} ({which}) on the {split} split of {data or 'its own data'}", markup=False)
+    r = run_evaluate(run, data, out, split=split, which=which, batch_size=batch_size, max_events=max_events, seed=seed)
+    _print_metrics(r.metrics, f"{r.n_events} events")
+    console.print(f"wrote {r.path / 'metrics.json'} and {len(r.plots)} plots in {r.path / 'plots'}", markup=False)
 
 
 @command()
 def study(
-    task: Annotated[Path, typer.Argument(help="task YAML")],
-    pretrained: Annotated[Path, typer.Option(help="pretrained run")],
+    task: Annotated[Path, typer.Argument(help="fine-tuning task YAML (its metrics are reported)")],
+    pretrained: Annotated[Path, typer.Option(help="pretrained run folder (or checkpoint file)")],
     fractions: Annotated[str, typer.Option(help="comma-separated training fractions")] = "1,0.3,0.1,0.03",
-    seeds: Annotated[int, typer.Option(help="seeds per cell")] = 3,
-    out: Annotated[Path, typer.Option(help="study folder")] = Path("runs/study"),
+    seeds: Annotated[int, typer.Option(help="seeds per fraction and mode")] = 3,
+    out: Annotated[Path, typer.Option(help="study folder (an existing one is continued)")] = Path("runs/study"),
+    max_events: Annotated[int | None, typer.Option(help="evaluate at most this many test events per cell")] = None,
     set_: SetOpt = None,
 ) -> None:
-    """Pretrained vs from-scratch fine-tunes at several training fractions."""
-    _resolve(task, set_)
-    _not_landed("study", 6)
+    """Pretrained vs from-scratch fine-tunes at several training fractions and seeds; table and plots."""
+    from .study import study as run_study
+
+    try:
+        values = [float(f) for f in fractions.split(",") if f.strip()]
+    except ValueError:
+        raise HepfmError(f"--fractions '{fractions}': expected comma-separated numbers, e.g. 1,0.3,0.1") from None
+    resolved = _resolve(task, set_)
+    err_console.print(
+        f"study {resolved.name}: fractions {values}, {seeds} seeds, pretrained {pretrained} -> {out}", markup=False
+    )
+    r = run_study(resolved, pretrained, out, values, seeds, max_events=max_events)
+    console.print((out / "table.md").read_text(), markup=False)
+    console.print(f"wrote {out}/table.md, table.csv, table.json and {len(r.plots)} plots in {out}/plots", markup=False)
 
 
 @command()

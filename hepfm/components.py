@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from .schema import Batch, EventBlock, EventSchema
 
-__all__ = ["Params", "Latents", "HeadDims", "Head", "Dataset", "Generator", "Converter", "Metric"]
+__all__ = ["Params", "Latents", "HeadDims", "Head", "Dataset", "Generator", "Converter", "Evaluation", "Metric"]
 
 
 class Params(BaseModel):
@@ -59,7 +59,9 @@ class Head(Protocol):
 
     Built as ``cls(params, dims)``; ``forward(latents, batch)`` returns named output tensors;
     ``loss(outputs, batch)`` returns a scalar and named parts for logging; ``predict(outputs)``
-    returns physics outputs (probabilities, assignments, generated momenta).
+    returns physics outputs (probabilities, assignments, generated momenta). An optional
+    ``infer(latents, batch, generator)`` returns the physics outputs evaluation should use where
+    they differ from ``predict(forward(...))`` (e.g. a full diffusion sampling chain).
     """
 
     name: ClassVar[str]
@@ -135,18 +137,83 @@ class Converter(Dataset, Protocol):
     def read(self, paths: list[str], step: int = 8192) -> Iterator[EventBlock]: ...
 
 
+@dataclass
+class Evaluation:
+    """One evaluation set as metrics see it: inputs, truth and every head's physics outputs.
+
+    Arrays are numpy with the event axis first; ``objects`` and ``globals`` are raw (not
+    normalised) features in ``schema`` order.
+
+    Attributes:
+        schema: The event schema.
+        objects: [E, N, F] object features.
+        mask: [E, N] bool, True for real objects.
+        globals: [E, G] global features.
+        weights: [E] event weights.
+        targets: The store's targets, name -> [E, ...].
+        outputs: Head key (as in the task) -> that head's physics outputs, name -> [E, ...]
+            (``Head.infer`` where a head has it, else ``predict(forward(...))``).
+        heads: Head key -> {"name": registered head name, "params": its validated params}.
+        processes: The store's process names (``targets["process"]`` indexes them).
+    """
+
+    schema: EventSchema
+    objects: np.ndarray
+    mask: np.ndarray
+    globals: np.ndarray
+    weights: np.ndarray
+    targets: dict[str, np.ndarray]
+    outputs: dict[str, dict[str, np.ndarray]]
+    heads: dict[str, dict[str, Any]]
+    processes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+    def head(self, key: str | None, kind: str) -> tuple[str, dict[str, np.ndarray]]:
+        """A head's key and outputs: ``key`` itself, or with None the only head of plugin name ``kind``."""
+        if key is None:
+            keys = [k for k, h in self.heads.items() if h["name"] == kind]
+            if len(keys) != 1:
+                raise ValueError(f"needs exactly one '{kind}' head (found {keys or 'none'}); name it with params.head")
+            key = keys[0]
+        if key not in self.outputs:
+            raise ValueError(f"head '{key}' is not in the model (heads: {sorted(self.outputs)})")
+        return key, self.outputs[key]
+
+    def truth(self, name: str) -> np.ndarray:
+        """A target by name or, failing that, a global feature by name."""
+        if name in self.targets:
+            return self.targets[name]
+        if name in self.schema.global_names:
+            return self.globals[:, self.schema.global_names.index(name)]
+        raise ValueError(f"no target or global feature '{name}' (targets: {sorted(self.targets)})")
+
+    def process_indices(self, names: list[int | str]) -> list[int]:
+        """Process indices from indices or process names."""
+        out = []
+        for p in names:
+            if isinstance(p, str):
+                if p not in self.processes:
+                    raise ValueError(f"unknown process '{p}'; the data has {self.processes}")
+                out.append(self.processes.index(p))
+            else:
+                out.append(int(p))
+        return out
+
+
 @runtime_checkable
 class Metric(Protocol):
-    """A metric over predictions and targets of a whole evaluation set.
+    """A metric over a whole evaluation set (``hepfm evaluate``).
 
-    Built as ``cls(params)``; ``compute(predictions, targets, weights)`` gets numpy arrays and
-    returns named floats.
+    Built as ``cls(params)``; ``compute(evaluation)`` returns named floats (raise ``ValueError``
+    for data it cannot score: the caller reports it as one line). Optional members: ``headline``
+    (ClassVar tuple of the result names a study tabulates and plots; default all) and
+    ``plot(evaluation, out_dir)`` returning the PNG files it wrote.
     """
 
     name: ClassVar[str]
     description: ClassVar[str]
     Params: ClassVar[type[BaseModel]]
 
-    def compute(
-        self, predictions: dict[str, np.ndarray], targets: dict[str, np.ndarray], weights: np.ndarray
-    ) -> dict[str, float]: ...
+    def compute(self, evaluation: Evaluation) -> dict[str, float]: ...

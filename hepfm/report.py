@@ -8,7 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from ._plots import pyplot, save_figure
 from ._progress import progress
+from .physics import four_vectors, mass
 from .store import EventStore
 
 __all__ = ["summarize_store", "verify_store", "plot_store"]
@@ -63,11 +65,7 @@ def plot_store(path: str | os.PathLike, out_dir: str | os.PathLike, max_events: 
     events, and, for stores with an ``assignment`` target and a topology naming its slots, the
     masses of truth-assigned resonance daughters (W -> jj, hadronic top, lepton-b of a top, a -> bb).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     store = EventStore.open(path)
     n = min(store.n_events, max_events)
     data = store.read(0, n)
@@ -106,13 +104,7 @@ def plot_store(path: str | os.PathLike, out_dir: str | os.PathLike, max_events: 
         ax.set_ylabel("normalised entries")
         ax.legend(fontsize=7)
         ax.set_title(f"{Path(path).name}: {n} events", fontsize=8)
-        fig.tight_layout()
-        file = out / f"{part}_{feature.name}.png"
-        tmp = file.with_suffix(".tmp.png")
-        fig.savefig(tmp, dpi=90)
-        plt.close(fig)
-        os.replace(tmp, file)
-        files.append(file)
+        files.append(save_figure(fig, out / f"{part}_{feature.name}.png"))
     files += _validation_plots(store, data, labels, names, out / "validation", f"{Path(path).name}: {n} events")
     return files
 
@@ -157,19 +149,6 @@ def store_topology(store: EventStore) -> dict[str, Any]:
         return {}
 
 
-def _four_vectors(store: EventStore, objects: np.ndarray) -> np.ndarray:
-    """[..., 4] (E, px, py, pz) from the schema's E, pt, eta, phi."""
-    col = {k: objects[..., store.schema.index(k)].astype(np.float64) for k in ("E", "pt", "eta", "phi")}
-    return np.stack(
-        [col["E"], col["pt"] * np.cos(col["phi"]), col["pt"] * np.sin(col["phi"]), col["pt"] * np.sinh(col["eta"])],
-        -1,
-    )
-
-
-def _mass(p: np.ndarray) -> np.ndarray:
-    return np.sqrt(np.clip(p[..., 0] ** 2 - (p[..., 1:] ** 2).sum(-1), 0.0, None))
-
-
 def truth_group_masses(store: EventStore, data: dict[str, np.ndarray], slots: list[str], group: tuple[str, ...]):
     """Invariant mass of the objects assigned to ``group`` slots, and the events where all are assigned."""
     assignment = data["targets/assignment"]
@@ -177,15 +156,14 @@ def truth_group_masses(store: EventStore, data: dict[str, np.ndarray], slots: li
     idx = assignment[:, cols].astype(np.int64)
     ok = (idx >= 0).all(1)
     events = np.flatnonzero(ok)
-    p = _four_vectors(store, data["objects"][events[:, None], idx[ok]]).sum(1)
-    return _mass(p), events
+    p = four_vectors(store.schema, data["objects"][events[:, None], idx[ok]]).sum(1)
+    return mass(p), events
 
 
 def _validation_plots(
     store: EventStore, data: dict[str, np.ndarray], labels: np.ndarray, names: list[str], out: Path, title: str
 ) -> list[Path]:
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
     objects, mask = data["objects"], data["mask"]
@@ -197,14 +175,7 @@ def _validation_plots(
     gnames = store.schema.global_names
 
     def save(fig, stem: str) -> None:
-        fig.suptitle(title, fontsize=8)
-        fig.tight_layout()
-        file = out / f"{stem}.png"
-        tmp = file.with_suffix(".tmp.png")
-        fig.savefig(tmp, dpi=90)
-        plt.close(fig)
-        os.replace(tmp, file)
-        files.append(file)
+        files.append(save_figure(fig, out / f"{stem}.png", title))
 
     # multiplicities
     counts = {"objects": mask.sum(1)}
@@ -249,7 +220,7 @@ def _validation_plots(
         two = np.flatnonzero(lep.sum(1) == 2)
         if two.size:
             first = np.argsort(~lep[two], axis=1, kind="stable")[:, :2]
-            mll = _mass(_four_vectors(store, objects[two[:, None], first]).sum(1))
+            mll = mass(four_vectors(store.schema, objects[two[:, None], first]).sum(1))
             fig, ax = plt.subplots(figsize=(5, 3.6))
             for p, pname in enumerate(names):
                 sel = labels[two] == p

@@ -32,6 +32,7 @@ import torch
 
 from . import __version__, plugins
 from ._errors import HepfmError
+from ._files import write_atomic
 from ._progress import err_console, progress
 from .checkpoint import build_model, find_checkpoint, load_checkpoint, save_checkpoint
 from .model import config_from_spec
@@ -268,12 +269,6 @@ def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 @torch.no_grad()
 def _validate(
     model: torch.nn.Module, loader: EventLoader, max_batches: int | None, heads: list[str]
@@ -380,9 +375,9 @@ def train(
     optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
     engine = make_engine(task, model, optimizer)
     if engine.is_main:  # one writer: with several processes only the main one writes files
-        _write_atomic(out / "task.yaml", task.to_yaml())
+        write_atomic(out / "task.yaml", task.to_yaml())
         if report is not None:
-            _write_atomic(out / "init_report.json", json.dumps(report, indent=2))
+            write_atomic(out / "init_report.json", json.dumps(report, indent=2))
     ema = _EMA(model, t.ema_decay)
 
     def train_loader_of(rank: int) -> EventLoader:
@@ -424,7 +419,7 @@ def train(
         metrics_file = out / "metrics.jsonl"
         if engine.is_main and metrics_file.exists():  # forget what was logged after the checkpoint
             kept = [x for x in metrics_file.read_text().splitlines() if x and json.loads(x).get("step", 0) <= step]
-            _write_atomic(metrics_file, "".join(x + "\n" for x in kept))
+            write_atomic(metrics_file, "".join(x + "\n" for x in kept))
         _set_rng(st["rng"], ckpt["tensors"]["rng/torch"])
         err_console.print(f"resumed {out} at step {step} (epoch {epoch}, batch {position})", highlight=False)
     if engine.rank > 0:  # every process draws its own noise; rank 0 keeps the run's stream
@@ -523,7 +518,7 @@ def train(
     if engine.is_main:
         checkpoint("last")
         summary = {"steps": step, "best_val": best, "parameters": n_params}
-        _write_atomic(out / "MODEL_CARD.md", _model_card(out, task, config, summary))
+        write_atomic(out / "MODEL_CARD.md", _model_card(out, task, config, summary))
     if run is not None:
         run.finish()
     best_path = out / "checkpoints" / "best.safetensors"

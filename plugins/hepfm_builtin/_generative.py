@@ -182,6 +182,12 @@ class InvisibleDiffusionHead(nn.Module):
         x0, _ = predict_x0_eps(outputs["x_t"], outputs["v_hat"], outputs["t"])
         return {"momenta_one_step": x0 * self.params.scale}
 
+    def infer(
+        self, latents: Latents, batch: Batch, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """For evaluation: momenta [B, P, C] in GeV sampled with the full DDIM chain."""
+        return {"momenta": self.generate(latents, generator=generator)}
+
     @torch.no_grad()
     def generate(
         self, latents: Latents, steps: int | None = None, generator: torch.Generator | None = None

@@ -1,43 +1,91 @@
-"""Built-in metrics."""
+"""Built-in metrics, each with its plots.
+
+Classification (ROC, rejection, accuracy), pairing efficiency, neutrino residuals and the ttbar
+spin correlation D.
+
+Each metric reads one ``hepfm.components.Evaluation``; the physics is in ``hepfm.physics``.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from pathlib import Path
+from typing import ClassVar, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from hepfm import hookimpl
-from hepfm.components import Params
+from hepfm import physics as ph
+from hepfm._plots import pyplot, save_figure
+from hepfm.components import Evaluation, Params
+
+COMPONENT_NAMES = ("px", "py", "pz", "E")
 
 
+def _process_selection(ev: Evaluation, processes: list[int | str] | None) -> np.ndarray:
+    if processes is None:
+        return np.ones(len(ev), bool)
+    return np.isin(ev.truth("process"), ev.process_indices(processes))
+
+
+def _weighted_quantiles(x: np.ndarray, w: np.ndarray, qs: list[float]) -> np.ndarray:
+    if len(x) == 0:
+        return np.full(len(qs), np.nan)
+    order = np.argsort(x)
+    cw = np.cumsum(w[order])
+    return np.interp(np.asarray(qs) * cw[-1], cw, x[order])
+
+
+# --------------------------------------------------------------------------------------------
+# classification
+# --------------------------------------------------------------------------------------------
 class RocAuc:
     """Area under the ROC curve of signal class(es) against the rest, and background rejection."""
 
     name: ClassVar[str] = "roc_auc"
     description: ClassVar[str] = "ROC AUC and background rejection 1/eps_B at a signal efficiency"
+    headline: ClassVar[tuple[str, ...]] = ("auc", "rejection")
 
     class Params(Params):
-        signal: list[int] = Field([1], description="class indices counted as signal")
+        head: str | None = Field(None, description="classification head key (default: the only one)")
+        signal: list[int | str] = Field([1], description="signal processes, by index or name")
         target: str = "process"
         signal_efficiency: float = Field(0.25, gt=0, le=1, description="working point for the rejection")
 
     def __init__(self, params: Params) -> None:
         self.params = params
 
-    def compute(
-        self, predictions: dict[str, np.ndarray], targets: dict[str, np.ndarray], weights: np.ndarray
-    ) -> dict[str, float]:
-        probs = predictions["probabilities"]
-        score = probs[:, self.params.signal].sum(1)
-        is_signal = np.isin(targets[self.params.target], self.params.signal)
+    def _scores(self, ev: Evaluation) -> tuple[np.ndarray, np.ndarray]:
+        _, out = ev.head(self.params.head, "classification")
+        signal = ev.process_indices(self.params.signal)
+        is_signal = np.isin(ev.truth(self.params.target), signal)
         if is_signal.all() or not is_signal.any():
             raise ValueError("roc_auc needs both signal and background events")
-        auc = roc_auc_score(is_signal, score, sample_weight=weights)
-        fpr, tpr, _ = roc_curve(is_signal, score, sample_weight=weights)
-        eps_b = float(np.interp(self.params.signal_efficiency, tpr, fpr))
-        return {"auc": float(auc), "rejection": 1.0 / eps_b if eps_b > 0 else float("inf")}
+        return is_signal, out["probabilities"][:, signal].sum(1)
+
+    def compute(self, ev: Evaluation) -> dict[str, float]:
+        is_signal, score = self._scores(ev)
+        auc = roc_auc_score(is_signal, score, sample_weight=ev.weights)
+        rejection = ph.rejection_at(is_signal, score, ev.weights, self.params.signal_efficiency)
+        return {"auc": float(auc), "rejection": rejection}
+
+    def plot(self, ev: Evaluation, out: Path) -> list[Path]:
+        plt = pyplot()
+        is_signal, score = self._scores(ev)
+        fpr, tpr, _ = roc_curve(is_signal, score, sample_weight=ev.weights)
+        keep = fpr > 0
+        fig, ax = plt.subplots(figsize=(4.8, 3.8))
+        ax.plot(
+            tpr[keep], 1.0 / fpr[keep], label=f"AUC {roc_auc_score(is_signal, score, sample_weight=ev.weights):.3f}"
+        )
+        wp = self.params.signal_efficiency
+        ax.axvline(wp, ls=":", c="grey", label=f"eps_S = {wp:g}")
+        ax.set_yscale("log")
+        ax.set_xlabel("signal efficiency")
+        ax.set_ylabel("background rejection 1/eps_B")
+        ax.legend(fontsize=8)
+        return [save_figure(fig, out / "roc.png", f"ROC: {int(is_signal.sum())} signal, {int((~is_signal).sum())} bkg")]
 
 
 class Accuracy:
@@ -45,21 +93,401 @@ class Accuracy:
 
     name: ClassVar[str] = "accuracy"
     description: ClassVar[str] = "weighted classification accuracy"
+    headline: ClassVar[tuple[str, ...]] = ("accuracy",)
 
     class Params(Params):
+        head: str | None = Field(None, description="classification head key (default: the only one)")
         target: str = "process"
 
     def __init__(self, params: Params) -> None:
         self.params = params
 
-    def compute(
-        self, predictions: dict[str, np.ndarray], targets: dict[str, np.ndarray], weights: np.ndarray
-    ) -> dict[str, float]:
-        right = predictions["probabilities"].argmax(1) == targets[self.params.target]
-        return {"accuracy": float(np.sum(right * weights) / np.sum(weights))}
+    def compute(self, ev: Evaluation) -> dict[str, float]:
+        _, out = ev.head(self.params.head, "classification")
+        right = out["probabilities"].argmax(1) == ev.truth(self.params.target)
+        return {"accuracy": ph.efficiency(right, ev.weights)}
+
+
+# --------------------------------------------------------------------------------------------
+# assignment
+# --------------------------------------------------------------------------------------------
+class Pairing:
+    """Pairing efficiency over matchable and over all events, by jet multiplicity, and pair purity.
+
+    An event is matchable when every daughter column of every resonance has a true object, and
+    right when every resonance gets exactly its true objects (daughters compared as a set, and
+    resonances as a set when ``interchangeable``). With ``baseline: min_mlb`` the classical dilepton
+    ttbar pairing (two highest b-score jets, smallest m(l+ b) + m(l- b)) is scored on the same events.
+    """
+
+    name: ClassVar[str] = "pairing"
+    description: ClassVar[str] = "pairing efficiency (matchable / all events, by jet multiplicity), pair purity"
+    headline: ClassVar[tuple[str, ...]] = (
+        "eff_matchable",
+        "eff_all",
+        "pair_purity",
+        "baseline_eff_matchable",
+        "baseline_eff_all",
+    )
+
+    class Params(Params):
+        head: str | None = Field(None, description="assignment head key (default: the only one)")
+        target: str = Field("assignment", description="true object index per column, -1 unmatched")
+        groups: list[list[int]] = Field(description="assignment columns of each resonance, e.g. [[0], [4]]")
+        interchangeable: bool = Field(False, description="resonances are indistinguishable (H -> a a)")
+        processes: list[int | str] | None = Field(None, description="score only these processes (default: all)")
+        multiplicity: list[int] = Field(
+            [2, 3, 4, 5, 6], description="jet-multiplicity bins; the first is 'at most', the last 'at least'"
+        )
+        baseline: Literal["none", "min_mlb"] = "none"
+
+        @model_validator(mode="after")
+        def _check(self):
+            if not self.groups or any(not g for g in self.groups):
+                raise ValueError("groups: give the columns of at least one resonance")
+            if self.multiplicity != sorted(set(self.multiplicity)):
+                raise ValueError("multiplicity: bins must be increasing")
+            if self.baseline == "min_mlb" and [len(g) for g in self.groups] != [1, 1]:
+                raise ValueError("baseline min_mlb pairs two b jets: groups must be [[b of t], [b of tbar]]")
+            return self
+
+    def __init__(self, params: Params) -> None:
+        self.params = params
+
+    def _labels(self) -> list[str]:
+        m = self.params.multiplicity
+        if len(m) == 1:
+            return [f"{m[0]}+"]
+        return [f"<={m[0]}", *[str(x) for x in m[1:-1]], f">={m[-1]}"]
+
+    def _bins(self, ev: Evaluation) -> np.ndarray:
+        n_jet = ph.jet_multiplicity(ev.schema, ev.objects, ev.mask)
+        return np.clip(np.searchsorted(self.params.multiplicity, n_jet), 0, len(self.params.multiplicity) - 1)
+
+    def _predictions(self, ev: Evaluation) -> dict[str, np.ndarray]:
+        _, out = ev.head(self.params.head, "assignment")
+        preds = {"": np.asarray(out["assignment"])}
+        if self.params.baseline == "min_mlb":
+            base = np.full_like(preds[""], -1)
+            pair = ph.min_mlb_pairing(ev.schema, ev.objects, ev.mask)
+            base[:, self.params.groups[0][0]], base[:, self.params.groups[1][0]] = pair[:, 0], pair[:, 1]
+            preds["baseline_"] = base
+        return preds
+
+    def _outcomes(self, ev: Evaluation):
+        truth = np.asarray(ev.truth(self.params.target))
+        width = max(c for g in self.params.groups for c in g) + 1
+        if truth.ndim != 2 or truth.shape[1] < width:
+            raise ValueError(f"target '{self.params.target}' has shape {truth.shape[1:]}; groups need {width} columns")
+        for prefix, pred in self._predictions(ev).items():
+            if pred.shape[1] < width:
+                raise ValueError(f"the assignment head predicts {pred.shape[1]} columns; groups need {width}")
+            yield prefix, ph.pairing_outcome(pred, truth, self.params.groups, self.params.interchangeable)
+
+    def compute(self, ev: Evaluation) -> dict[str, float]:
+        sel = _process_selection(ev, self.params.processes)
+        w = ev.weights
+        bins = self._bins(ev)
+        out: dict[str, float] = {"matchable_fraction": ph.efficiency(self._matchable(ev), w, sel)}
+        for prefix, (matchable, correct, right, _) in self._outcomes(ev):
+            out[f"{prefix}eff_matchable"] = ph.efficiency(correct, w, sel & matchable)
+            out[f"{prefix}eff_all"] = ph.efficiency(correct, w, sel)
+            m = sel & matchable
+            n_res = len(self.params.groups)
+            out[f"{prefix}pair_purity"] = (
+                float(np.sum(w[m] * right[m]) / np.sum(w[m] * n_res)) if m.any() else float("nan")
+            )
+            for b, label in enumerate(self._labels()):
+                in_bin = sel & (bins == b)
+                out[f"{prefix}eff_matchable_nj{label}"] = ph.efficiency(correct, w, in_bin & matchable)
+                out[f"{prefix}eff_all_nj{label}"] = ph.efficiency(correct, w, in_bin)
+        return out
+
+    def _matchable(self, ev: Evaluation) -> np.ndarray:
+        truth = np.asarray(ev.truth(self.params.target))
+        return np.stack([(truth[:, g] >= 0).all(1) for g in self.params.groups], 1).all(1)
+
+    def plot(self, ev: Evaluation, out: Path) -> list[Path]:
+        plt = pyplot()
+        res = self.compute(ev)
+        labels = self._labels()
+        x = np.arange(len(labels))
+        sel = _process_selection(ev, self.params.processes)
+        counts = np.bincount(self._bins(ev)[sel], minlength=len(labels))
+        fig, ax = plt.subplots(figsize=(5.2, 3.8))
+        styles = {"": ("model", "-"), "baseline_": ("min m(lb) baseline", "--")}
+        for prefix in [p for p in styles if f"{p}eff_all" in res]:
+            name, ls = styles[prefix]
+            for kind, marker in (("matchable", "o"), ("all", "s")):
+                y = [res[f"{prefix}eff_{kind}_nj{lab}"] for lab in labels]
+                ax.plot(x, y, ls=ls, marker=marker, label=f"{name}, {kind} ({res[f'{prefix}eff_{kind}']:.3f})")
+        ax.set_xticks(x, [f"{lab}\n({c})" for lab, c in zip(labels, counts, strict=True)])
+        ax.set_xlabel("jet multiplicity (events)")
+        ax.set_ylabel("pairing efficiency")
+        ax.set_ylim(0, 1.05)
+        ax.legend(fontsize=7)
+        return [save_figure(fig, out / "pairing_efficiency.png", f"pairing efficiency: {int(sel.sum())} events")]
+
+
+# --------------------------------------------------------------------------------------------
+# neutrinos
+# --------------------------------------------------------------------------------------------
+class _DileptonTtbar:
+    """Shared by the neutrino and spin metrics: leptons, neutrinos (model and analytic baseline)."""
+
+    def _leptons(self, ev: Evaluation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Leading l+ and l- four-vectors [E, 4] and the events that have both."""
+        ip, im = ph.leading_leptons(ev.schema, ev.objects, ev.mask)
+        p4 = ph.four_vectors(ev.schema, ev.objects)
+        rows = np.arange(len(ev))
+        return p4[rows, np.maximum(ip, 0)], p4[rows, np.maximum(im, 0)], (ip >= 0) & (im >= 0)
+
+    def _neutrinos(self, ev: Evaluation, head: str | None) -> tuple[str, np.ndarray, dict]:
+        """The head key, generated momenta [E, P, 3] (px, py, pz) and the head's params."""
+        key, out = ev.head(head, "invisible_diffusion")
+        params = ev.heads[key]["params"]
+        comps = list(params.get("components", [0, 1, 2]))
+        if comps[:3] != [0, 1, 2]:
+            raise ValueError(f"head '{key}' generates components {comps}; px, py, pz ([0, 1, 2]) are needed")
+        return key, np.asarray(out["momenta"], np.float64)[..., :3], params
+
+    def _baseline_neutrinos(self, ev: Evaluation) -> np.ndarray:
+        lp, lm, _ = self._leptons(ev)
+        return ph.w_constrained_neutrinos(lp, lm, ev.truth("met").astype(np.float64), ev.truth("met_phi"))
+
+
+class NeutrinoResiduals(_DileptonTtbar):
+    """Generated minus true neutrino px, py, pz, against a W-mass analytic estimate.
+
+    Reports the bias (median), the resolution (half the 16-84% width) and the Wasserstein-1
+    distance between generated and true distributions; the same for the estimate (each neutrino
+    half the MET, pz from m(l nu) = m_W) on the same events.
+    """
+
+    name: ClassVar[str] = "neutrino_residuals"
+    description: ClassVar[str] = "neutrino px, py, pz residuals and generated-vs-true W1, vs a W-mass estimate"
+    headline: ClassVar[tuple[str, ...]] = ("resolution", "baseline_resolution", "w1")
+
+    class Params(Params):
+        head: str | None = Field(None, description="invisible_diffusion head key (default: the only one)")
+        names: list[str] = Field(["nu", "nubar"], description="names of the generated particles, in order")
+        baseline: Literal["none", "w_mass"] = "w_mass"
+
+    def __init__(self, params: Params) -> None:
+        self.params = params
+
+    def _data(self, ev: Evaluation):
+        key, gen, params = self._neutrinos(ev, self.params.head)
+        truth = np.asarray(ev.truth(params.get("target", "truth_nu")), np.float64)[..., :3]
+        mask_name = params.get("mask_target")
+        present = np.asarray(ev.truth(mask_name)).all(1) if mask_name else np.ones(len(ev), bool)
+        sel = present
+        preds = {"": gen}
+        if self.params.baseline == "w_mass":
+            _, _, two = self._leptons(ev)
+            sel = present & two  # the same events for the model and the baseline
+            preds["baseline_"] = self._baseline_neutrinos(ev)
+        if not sel.any():
+            raise ValueError("no event has its neutrinos (and, for the baseline, an l+ and an l-)")
+        return sel, truth, preds
+
+    def compute(self, ev: Evaluation) -> dict[str, float]:
+        from scipy.stats import wasserstein_distance
+
+        sel, truth, preds = self._data(ev)
+        w = ev.weights[sel]
+        out: dict[str, float] = {"events": float(sel.sum())}
+        for prefix, pred in preds.items():
+            widths = []
+            for p, pname in enumerate(self.params.names[: truth.shape[1]]):
+                for c in range(3):
+                    r = pred[sel, p, c] - truth[sel, p, c]
+                    q16, q50, q84 = _weighted_quantiles(r, w, [0.16, 0.5, 0.84])
+                    tag = f"{prefix}{pname}_{COMPONENT_NAMES[c]}"
+                    out[f"{tag}_bias"] = float(q50)
+                    out[f"{tag}_resolution"] = float(0.5 * (q84 - q16))
+                    out[f"{tag}_w1"] = float(wasserstein_distance(pred[sel, p, c], truth[sel, p, c], w, w))
+                    widths.append(0.5 * (q84 - q16))
+            out[f"{prefix}resolution"] = float(np.mean(widths))
+            out[f"{prefix}w1"] = float(
+                np.mean([v for k, v in out.items() if k.startswith(prefix) and k.endswith("_w1")])
+            )
+        return out
+
+    def plot(self, ev: Evaluation, out: Path) -> list[Path]:
+        plt = pyplot()
+        sel, truth, preds = self._data(ev)
+        w = ev.weights[sel]
+        names = self.params.names[: truth.shape[1]]
+        files = []
+        for stem, title in (
+            ("neutrino_residuals", "generated - true"),
+            ("neutrino_generated_vs_true", "distributions"),
+        ):
+            fig, axes = plt.subplots(len(names), 3, figsize=(10, 3 * len(names)), squeeze=False)
+            for p, pname in enumerate(names):
+                for c in range(3):
+                    ax = axes[p, c]
+                    t = truth[sel, p, c]
+                    span = np.percentile(np.abs(t), 98)
+                    if stem == "neutrino_residuals":
+                        bins = np.linspace(-1.5 * span, 1.5 * span, 61)
+                        for prefix, pred in preds.items():
+                            label = "baseline (W mass)" if prefix else "model"
+                            ax.hist(pred[sel, p, c] - t, bins, weights=w, histtype="step", label=label)
+                        ax.set_xlabel(f"{pname} {COMPONENT_NAMES[c]} residual [GeV]")
+                    else:
+                        bins = np.linspace(-span, span, 61)
+                        ax.hist(t, bins, weights=w, histtype="stepfilled", alpha=0.3, color="k", label="true")
+                        for prefix, pred in preds.items():
+                            label = "baseline (W mass)" if prefix else "generated"
+                            ax.hist(pred[sel, p, c], bins, weights=w, histtype="step", label=label)
+                        ax.set_xlabel(f"{pname} {COMPONENT_NAMES[c]} [GeV]")
+                    ax.legend(fontsize=7)
+            files.append(save_figure(fig, out / f"{stem}.png", f"neutrinos, {title}: {int(sel.sum())} events"))
+        return files
+
+
+# --------------------------------------------------------------------------------------------
+# ttbar spin correlation
+# --------------------------------------------------------------------------------------------
+class SpinCorrelation(_DileptonTtbar):
+    """Dilepton ttbar spin correlation D = -3 <cos phi>, reconstructed against truth, and the top mass.
+
+    cos(phi) is the angle between the leptons in their top rest frames; the reconstruction uses the
+    model's pairing and generated neutrinos, and the classical m(lb) + W-mass baseline.
+
+    Pythia's ttbar carries no spin correlation (truth D near 0), so the events are also reweighted by
+    1 - D* cos(phi_truth) to inject D* = ``inject_d``: ``*_injected`` figures use those weights and
+    ``d_response`` = (D_reco(injected) - D_reco) / D* says how much of an injected D survives
+    reconstruction (1 for a perfect one; before unfolding).
+    """
+
+    name: ClassVar[str] = "spin_correlation"
+    description: ClassVar[str] = "ttbar spin correlation D reco vs truth (with injected D), top mass, vs baseline"
+    headline: ClassVar[tuple[str, ...]] = (
+        "d_response",
+        "baseline_d_response",
+        "cos_phi_correlation",
+        "baseline_cos_phi_correlation",
+        "top_mass_resolution",
+        "baseline_top_mass_resolution",
+    )
+
+    class Params(Params):
+        assignment_head: str | None = Field(None, description="assignment head key (default: the only one)")
+        neutrino_head: str | None = Field(None, description="invisible_diffusion head key (default: the only one)")
+        columns: list[int] = Field(
+            [0, 4], min_length=2, max_length=2, description="assignment columns of b(t), b(tbar)"
+        )
+        inject_d: float = Field(-0.5, ge=-1, le=1, description="D* injected by reweighting")
+        baseline: bool = True
+
+    def __init__(self, params: Params) -> None:
+        self.params = params
+
+    def _data(self, ev: Evaluation):
+        truth_ok = np.asarray(ev.truth("truth_top_mask")).all(1) & np.asarray(ev.truth("truth_lepton_mask")).all(1)
+        top, lep = np.asarray(ev.truth("truth_top"), np.float64), np.asarray(ev.truth("truth_lepton"), np.float64)
+        cos_truth = np.zeros(len(ev))
+        if truth_ok.any():
+            cos_truth[truth_ok] = ph.cos_phi_spin(
+                top[truth_ok, 0], top[truth_ok, 1], lep[truth_ok, 0], lep[truth_ok, 1]
+            )
+        _, assign = ev.head(self.params.assignment_head, "assignment")
+        b_idx = {"": np.asarray(assign["assignment"])[:, self.params.columns]}
+        _, nus, _ = self._neutrinos(ev, self.params.neutrino_head)
+        neutrinos = {"": nus}
+        if self.params.baseline:
+            b_idx["baseline_"] = ph.min_mlb_pairing(ev.schema, ev.objects, ev.mask)
+            neutrinos["baseline_"] = self._baseline_neutrinos(ev)
+        lp, lm, two = self._leptons(ev)
+        p4 = ph.four_vectors(ev.schema, ev.objects)
+        rows = np.arange(len(ev))
+        reco = {}
+        for prefix, b in b_idx.items():
+            ok = truth_ok & two & (b >= 0).all(1)
+            nu = neutrinos[prefix]
+            nu4 = np.concatenate([nu, np.linalg.norm(nu, axis=-1, keepdims=True)], -1)  # massless
+            t = p4[rows, np.maximum(b[:, 0], 0)] + lp + nu4[:, 0]
+            tbar = p4[rows, np.maximum(b[:, 1], 0)] + lm + nu4[:, 1]
+            cos = np.zeros(len(ev))
+            if ok.any():
+                cos[ok] = ph.cos_phi_spin(t[ok], tbar[ok], lp[ok], lm[ok])
+            reco[prefix] = (ok, cos, np.concatenate([ph.mass(t), ph.mass(tbar)]), np.concatenate([ok, ok]))
+        injected = np.where(truth_ok, ph.reweight_spin(ev.weights, cos_truth, self.params.inject_d), 0.0)
+        return truth_ok, cos_truth, injected, reco
+
+    def compute(self, ev: Evaluation) -> dict[str, float]:
+        truth_ok, cos_truth, injected, reco = self._data(ev)
+        if not truth_ok.any():
+            raise ValueError("no event has a true t, tbar, l+ and l- (targets truth_top, truth_lepton)")
+        w = ev.weights
+        out: dict[str, float] = {"events_truth": float(truth_ok.sum()), "inject_d": self.params.inject_d}
+        out["d_truth"], out["d_truth_error"] = ph.spin_correlation_d(cos_truth[truth_ok], w[truth_ok])
+        out["d_truth_injected"], out["d_truth_injected_error"] = ph.spin_correlation_d(
+            cos_truth[truth_ok], injected[truth_ok]
+        )
+        for prefix, (ok, cos, m_top, m_ok) in reco.items():
+            out[f"{prefix}events_reco"] = float(ok.sum())
+            d, err = ph.spin_correlation_d(cos[ok], w[ok])
+            d_inj, err_inj = ph.spin_correlation_d(cos[ok], injected[ok])
+            out[f"{prefix}d_reco"], out[f"{prefix}d_reco_error"] = d, err
+            out[f"{prefix}d_reco_injected"], out[f"{prefix}d_reco_injected_error"] = d_inj, err_inj
+            out[f"{prefix}d_response"] = (d_inj - d) / self.params.inject_d if self.params.inject_d else float("nan")
+            out[f"{prefix}cos_phi_correlation"] = (
+                float(np.corrcoef(cos[ok], cos_truth[ok])[0, 1]) if ok.sum() > 2 else float("nan")
+            )
+            ww = np.concatenate([w, w])[m_ok]
+            q16, q50, q84 = _weighted_quantiles(m_top[m_ok], ww, [0.16, 0.5, 0.84])
+            out[f"{prefix}top_mass_median"] = float(q50)
+            out[f"{prefix}top_mass_resolution"] = float(0.5 * (q84 - q16))
+        return out
+
+    def plot(self, ev: Evaluation, out: Path) -> list[Path]:
+        plt = pyplot()
+        truth_ok, cos_truth, injected, reco = self._data(ev)
+        w = ev.weights
+        names = {"": "model", "baseline_": "m(lb) + W-mass baseline"}
+        files = []
+        fig, ax = plt.subplots(figsize=(5.2, 3.8))
+        bins = np.linspace(0, 400, 81)
+        for prefix, (_, _, m_top, m_ok) in reco.items():
+            ax.hist(m_top[m_ok], bins, weights=np.concatenate([w, w])[m_ok], histtype="step", label=names[prefix])
+        ax.axvline(172.5, ls=":", c="grey", label="m_t = 172.5 GeV")
+        ax.set_xlabel("reconstructed m(b l nu) [GeV]")
+        ax.set_ylabel("top candidates")
+        ax.legend(fontsize=7)
+        files.append(save_figure(fig, out / "top_mass.png", "reconstructed top mass"))
+
+        d_star = self.params.inject_d
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+        bins = np.linspace(-1, 1, 21)
+        for ax, weights, tag in ((axes[0], w, "as generated"), (axes[1], injected, f"reweighted to D* = {d_star:g}")):
+            d_t, _ = ph.spin_correlation_d(cos_truth[truth_ok], weights[truth_ok])
+            ax.hist(cos_truth[truth_ok], bins, weights=weights[truth_ok], density=True, histtype="stepfilled",
+                    alpha=0.3, color="k", label=f"truth (D = {d_t:.3f})")  # fmt: skip
+            for prefix, (ok, cos, _, _) in reco.items():
+                d_r, _ = ph.spin_correlation_d(cos[ok], weights[ok])
+                ax.hist(cos[ok], bins, weights=weights[ok], density=True, histtype="step",
+                        label=f"{names[prefix]} (D = {d_r:.3f})")  # fmt: skip
+            ax.set_xlabel("cos phi (l+ in t frame, l- in tbar frame)")
+            ax.set_ylabel("normalised")
+            ax.set_title(tag, fontsize=8)
+            ax.legend(fontsize=7)
+        files.append(save_figure(fig, out / "cos_phi.png", "ttbar spin correlation"))
+
+        fig, axes = plt.subplots(1, len(reco), figsize=(4.4 * len(reco), 3.8), squeeze=False)
+        for ax, (prefix, (ok, cos, _, _)) in zip(axes[0], reco.items(), strict=True):
+            ax.hist2d(cos_truth[ok], cos[ok], bins=20, range=[[-1, 1], [-1, 1]], weights=w[ok], cmap="Blues")
+            ax.set_xlabel("cos phi, truth")
+            ax.set_ylabel("cos phi, reconstructed")
+            ax.set_title(names[prefix], fontsize=8)
+        files.append(save_figure(fig, out / "cos_phi_response.png", "cos phi response"))
+        return files
 
 
 @hookimpl
 def hepfm_register_metrics() -> list[type]:
     """Built-in metrics."""
-    return [RocAuc, Accuracy]
+    return [RocAuc, Accuracy, Pairing, NeutrinoResiduals, SpinCorrelation]

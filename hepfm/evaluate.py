@@ -1,0 +1,211 @@
+"""Physics evaluation of a trained run (``hepfm evaluate``).
+
+The run's EMA weights score one split of an event store (the test split of the run's own split by
+default): every head's physics outputs are collected (``Head.infer`` where a head has it, e.g. the
+full diffusion sampling chain; ``predict(forward(...))`` otherwise), then each metric the run's task
+names computes its figures and draws its plots::
+
+    OUT/metrics.json          {"run", "data", "split", "n_events", "metrics": {metric: {name: value}}}
+    OUT/plots/METRIC/*.png    ROC curves, pairing efficiency vs jet multiplicity, residuals, ...
+
+Non-finite values are written as JSON null (nan) or the strings "inf" / "-inf".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import plugins
+from ._errors import HepfmError
+from ._files import write_atomic
+from ._progress import progress
+from .checkpoint import find_checkpoint, load_model
+from .components import Evaluation
+from .store import EventLoader, EventStore, SplitSpec
+from .tasks import Component, Task, load_task
+
+__all__ = ["EvalResult", "collect", "evaluate", "score", "read_metrics"]
+
+
+@dataclass
+class EvalResult:
+    """Where the evaluation went, what it measured and the plots it drew."""
+
+    path: Path
+    n_events: int
+    metrics: dict[str, dict[str, float]]
+    plots: list[Path]
+
+
+@torch.no_grad()
+def collect(
+    model: torch.nn.Module,
+    store: EventStore,
+    split: str = "test",
+    split_spec: SplitSpec | None = None,
+    batch_size: int = 512,
+    max_events: int | None = None,
+    seed: int = 0,
+) -> Evaluation:
+    """Run every head of ``model`` over one split of ``store`` and gather an ``Evaluation``."""
+    model.eval()
+    loader = EventLoader(store, split, batch_size, shuffle=False, split_spec=split_spec or SplitSpec())
+    total = loader.n_events if max_events is None else min(loader.n_events, max_events)
+    if total == 0:
+        raise HepfmError(f"{store.path}: the '{split}' split has no events")
+    gen = torch.Generator().manual_seed(seed)  # the same samples for the same run, data and seed
+    parts: dict[str, list[np.ndarray]] = {}
+
+    def keep(name: str, value: torch.Tensor | np.ndarray) -> None:
+        parts.setdefault(name, []).append(value.float().numpy() if value.dtype.is_floating_point else value.numpy())
+
+    seen = 0
+    with progress("evaluate", total) as advance:
+        for batch in loader:
+            if seen >= total:
+                break
+            if seen + len(batch) > total:
+                batch = batch.apply(lambda t, k=total - seen: t[:k])
+            latents = model.encode(batch)
+            for key, head in model.heads.items():
+                if hasattr(head, "infer"):
+                    outputs = head.infer(latents, batch, generator=gen)
+                else:
+                    outputs = head.predict(head(latents, batch))
+                for name, value in outputs.items():
+                    keep(f"outputs/{key}/{name}", value)
+            for name in ("objects", "mask", "globals", "weights"):
+                keep(name, getattr(batch, name))
+            for name, value in batch.targets.items():
+                keep(f"targets/{name}", value)
+            seen += len(batch)
+            advance(len(batch))
+    arrays = {k: np.concatenate(v) for k, v in parts.items()}
+    config = getattr(model, "checkpoint_config", {}) or {}
+    heads = {key: {"name": h["name"], "params": h["params"]} for key, h in config.get("heads", {}).items()}
+    return Evaluation(
+        schema=model.schema,
+        objects=arrays["objects"],
+        mask=arrays["mask"],
+        globals=arrays["globals"],
+        weights=arrays["weights"].astype(np.float64),
+        targets={k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("targets/")},
+        outputs={
+            key: {k.split("/", 2)[2]: v for k, v in arrays.items() if k.startswith(f"outputs/{key}/")}
+            for key in model.heads
+        },
+        heads=heads,
+        processes=list(store.processes),
+    )
+
+
+def _metric_keys(specs: list[Component]) -> list[str]:
+    """Result keys: the metric name, numbered when a task names one metric twice."""
+    keys, seen = [], {}
+    for spec in specs:
+        seen[spec.name] = seen.get(spec.name, 0) + 1
+        keys.append(spec.name if seen[spec.name] == 1 else f"{spec.name}#{seen[spec.name]}")
+    return keys
+
+
+def score(
+    evaluation: Evaluation, specs: list[Component], plot_dir: Path | None = None, where: str = "task"
+) -> tuple[dict[str, dict[str, float]], list[Path]]:
+    """Compute (and, with ``plot_dir``, plot) the named metrics on an evaluation set."""
+    results: dict[str, dict[str, float]] = {}
+    files: list[Path] = []
+    registry = plugins.metrics()
+    for i, (key, spec) in enumerate(zip(_metric_keys(specs), specs, strict=True)):
+        cls = registry.get(spec.name)
+        metric = cls(cls.Params.model_validate(spec.params))
+        try:
+            results[key] = {k: float(v) for k, v in metric.compute(evaluation).items()}
+            if plot_dir is not None and hasattr(metric, "plot"):
+                files += metric.plot(evaluation, plot_dir / key.replace("#", "_"))
+        except (ValueError, KeyError) as exc:
+            raise HepfmError(f"{where}: key 'metrics.{i}' ({spec.name}): {exc}") from None
+    return results, files
+
+
+def _json_value(v: float) -> float | str | None:
+    if math.isnan(v):
+        return None
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return v
+
+
+def _run_task(run: Path) -> Task | None:
+    task_file = run / "task.yaml" if run.is_dir() else None
+    return load_task(task_file) if task_file is not None and task_file.is_file() else None
+
+
+def evaluate(
+    run: str | os.PathLike,
+    data: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    split: str = "test",
+    which: str = "best",
+    metrics: list[Component] | None = None,
+    batch_size: int = 512,
+    max_events: int | None = None,
+    seed: int = 0,
+    plots: bool = True,
+) -> EvalResult:
+    """Evaluate a run folder (or checkpoint file) on a store (see module docstring).
+
+    Args:
+        run: Run folder (its ``task.yaml`` gives the metrics, the split and the default data).
+        data: Event store to score (default: the run's dataset).
+        out: Output folder (default: ``RUN/eval``).
+        split: ``train``, ``val``, ``test`` or ``all``.
+        which: ``best`` or ``last`` checkpoint.
+        metrics: Metrics to compute instead of the task's.
+        batch_size: Events per inference batch.
+        max_events: Score at most this many events of the split.
+        seed: Seed of the generative heads' sampling.
+        plots: Draw the metrics' PNG plots.
+    """
+    run = Path(run)
+    task = _run_task(run)
+    specs = metrics if metrics is not None else (task.metrics if task is not None else [])
+    if not specs:
+        raise HepfmError(f"{run}: the run's task names no metrics; add a 'metrics' list to its task file")
+    if data is None:
+        if task is None or "path" not in task.dataset.params:
+            raise HepfmError(f"{run}: no --data given and the run names no store")
+        data = task.dataset.params["path"]
+    out = Path(out) if out is not None else (run if run.is_dir() else run.parent) / "eval"
+    model = load_model(find_checkpoint(run, which), ema=True)
+    store = EventStore.open(data, schema=model.schema)
+    ev = collect(model, store, split, task.split if task else None, batch_size, max_events, seed)
+    where = str(run / "task.yaml") if task is not None else str(run)
+    results, files = score(ev, specs, out / "plots" if plots else None, where)
+    record: dict[str, Any] = {
+        "run": str(run),
+        "checkpoint": str(find_checkpoint(run, which)),
+        "data": str(store.path),
+        "split": split,
+        "n_events": len(ev),
+        "metrics": {m: {k: _json_value(v) for k, v in r.items()} for m, r in results.items()},
+    }
+    write_atomic(out / "metrics.json", json.dumps(record, indent=2) + "\n")
+    return EvalResult(out, len(ev), results, files)
+
+
+def read_metrics(path: str | os.PathLike) -> dict[str, dict[str, float]]:
+    """The metrics of a ``metrics.json`` as floats (null -> nan, "inf" -> inf)."""
+    record = json.loads(Path(path).read_text())
+
+    def value(v: Any) -> float:
+        return float("nan") if v is None else float(v)
+
+    return {m: {k: value(v) for k, v in r.items()} for m, r in record["metrics"].items()}
