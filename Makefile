@@ -26,9 +26,10 @@ demo: $(BIN)/hepfm-installed
 		--set train.max_steps=80 --set train.val_every=40
 	$(BIN)/hepfm finetune tasks/qe_ttbar.yaml --init $(DEMO)/runs/pretrain --data $(DEMO)/ttbar_dilepton.zarr \
 		--out $(DEMO)/runs/qe_ttbar $(TINY) --set train.max_steps=40 --set train.val_every=20
+	$(BIN)/hepfm evaluate $(DEMO)/runs/qe_ttbar
 	$(BIN)/hepfm embed $(DEMO)/runs/pretrain --data $(DEMO)/pretrain.zarr --out $(DEMO)/latents.zarr --pca 16
 	$(BIN)/hepfm probe $(DEMO)/latents.zarr --target process --epochs 20
-	@echo "outputs: $(DEMO)/{pretrain,ttbar_dilepton}.zarr, $(DEMO)/plots, $(DEMO)/runs/{pretrain,qe_ttbar}, $(DEMO)/latents.zarr"
+	@echo "outputs: $(DEMO)/{pretrain,ttbar_dilepton}.zarr, $(DEMO)/plots, $(DEMO)/runs/{pretrain,qe_ttbar}, $(DEMO)/runs/qe_ttbar/eval, $(DEMO)/latents.zarr"
 
 test: $(BIN)/hepfm-installed
 	$(BIN)/ruff check .

@@ -189,6 +189,16 @@ def test_assignment_decoding_is_exact_for_small_multiplicity():
     assert ((dec >= 0).sum(-1) == 1).all()  # one object: one resonance assigned, never reused
 
 
+def test_assignment_jets_only_never_picks_a_lepton():
+    head = _assignment_head({"resonances": {"t": ["b"], "tbar": ["b"]}, "candidates": "jets"})
+    lat = _latents(b=32, real=6)
+    objects = torch.zeros(32, 18, 7)
+    objects[:, :2, 5] = 1.0  # objects 0 and 1 are leptons
+    batch = type("B", (), {"objects": objects})()
+    got = head.predict(head(lat, batch))["assignment"]
+    assert ((got >= 2) & (got < 6)).all()
+
+
 def test_diffusion_recovers_gaussian_mixture():
     torch.manual_seed(0)
     means = torch.tensor([[-1.0, 3.0], [3.0, 1.0]])

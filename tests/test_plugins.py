@@ -62,13 +62,28 @@ def test_hook_hepfm_register_datasets():
 def test_hook_hepfm_register_metrics():
     import numpy as np
 
+    from hepfm.components import Evaluation
+
+    def evaluation(process):
+        probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.1, 0.9]])
+        return Evaluation(
+            EventSchema(),
+            np.zeros((4, 18, 7)),
+            np.ones((4, 18), bool),
+            np.zeros((4, 10)),
+            np.ones(4),
+            {"process": np.array(process)},
+            {"p": {"probabilities": probs}},
+            {"p": {"name": "classification", "params": {}}},
+            ["bkg", "sig"],
+        )
+
+    builtin = {"roc_auc", "accuracy", "pairing", "neutrino_residuals", "spin_correlation"}
+    assert set(plugins.metrics().names()) >= builtin
     auc = plugins.metrics().get("roc_auc")
-    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.1, 0.9]])
-    out = auc(auc.Params(signal=[1])).compute({"probabilities": probs}, {"process": np.array([0, 0, 1, 1])}, np.ones(4))
-    assert out["auc"] == 1.0
+    assert auc(auc.Params(signal=["sig"])).compute(evaluation([0, 0, 1, 1]))["auc"] == 1.0
     acc = plugins.metrics().get("accuracy")
-    right = acc(acc.Params()).compute({"probabilities": probs}, {"process": np.array([0, 1, 1, 1])}, np.ones(4))
-    assert right["accuracy"] == 0.75
+    assert acc(acc.Params()).compute(evaluation([0, 1, 1, 1]))["accuracy"] == 0.75
 
 
 def test_registry_refuses_duplicates_and_lists_known():
@@ -167,7 +182,14 @@ first = None
 for _ in range(200):
     loss, _ = head.loss(head(lat, batch), batch); opt.zero_grad(); loss.backward(); opt.step()
     first = first if first is not None else float(loss)
-print(first, float(loss))
+import numpy as np
+from hepfm.components import Evaluation
+met = plugins.metrics().get("relative_resolution")
+pred = {"m": {k: v.detach().numpy() for k, v in head.predict(head(lat, batch)).items()}}
+ev = Evaluation(hepfm.EventSchema(), batch.objects.numpy(), batch.mask.numpy(), g.numpy(), np.ones(4), {}, pred,
+                {"m": {"name": "met_regression", "params": {}}}, [])
+r = met(met.Params()).compute(ev)
+print(first, float(loss), abs(r["median"]))
 """
-    first, last = map(float, run_python(code).stdout.split())
-    assert last < 0.1 * first
+    first, last, median = map(float, run_python(code).stdout.split())
+    assert last < 0.1 * first and median < 0.2

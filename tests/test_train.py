@@ -148,6 +148,20 @@ def test_pretrain_finetune_embed_probe_end_to_end(tmp_path, cli, pythia_stores):
     assert r.exit_code == 0, r.stderr + r.stdout
     assert "test r2" in r.stdout
 
+    # physics evaluation of the fine-tune: its task's metrics and plots
+    r = cli("evaluate", fine, "--data", tt, "--max-events", 400)
+    assert r.exit_code == 0, r.stderr + r.stdout
+    m = json.loads((fine / "eval" / "metrics.json").read_text())["metrics"]
+    assert set(m) == {"pairing", "neutrino_residuals", "spin_correlation"}
+    p, s = m["pairing"], m["spin_correlation"]
+    assert 0 <= p["eff_all"] <= p["eff_matchable"] <= 1 and 0 <= p["baseline_eff_all"] <= p["baseline_eff_matchable"]
+    assert abs(s["d_truth"]) < 4 * s["d_truth_error"] + 0.05  # Pythia's ttbar: no spin correlation
+    assert abs(s["d_truth_injected"] + 0.5) < 4 * s["d_truth_injected_error"]  # reweighted to D* = -0.5
+    assert m["neutrino_residuals"]["baseline_resolution"] > 0 and s["events_reco"] > 0
+    plots = {f.name for f in (fine / "eval" / "plots").rglob("*.png")}
+    assert {"pairing_efficiency.png", "neutrino_residuals.png", "neutrino_generated_vs_true.png"} <= plots
+    assert {"top_mass.png", "cos_phi.png", "cos_phi_response.png"} <= plots
+
     # every output reloads in a fresh process
     code = """
 import json, sys

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from hepfm import Batch
+from hepfm import Batch, HepfmError
 from hepfm.components import HeadDims, Latents, Params
 
 MAX_DAUGHTERS = 3
@@ -36,6 +36,9 @@ class AssignmentParams(Params):
     target: str = Field("assignment", description="integer target [B, daughters], object index or -1")
     columns: dict[str, list[int]] | None = Field(
         None, description="target column of each daughter, per resonance (default: consecutive in declaration order)"
+    )
+    candidates: Literal["all", "jets"] = Field(
+        "all", description="objects a daughter may be: all, or jets only (objects whose is_lepton feature is 0)"
     )
     hidden: int = Field(64, ge=1)
     search_budget: int = Field(4096, ge=1, description="joint combinations examined per event when decoding")
@@ -146,12 +149,20 @@ class AssignmentHead(nn.Module):
             start += k
         self.columns = cols
         self.n_columns = max(c for cs in cols.values() for c in cs) + 1
+        self.lepton_index = None
+        if params.candidates == "jets":
+            if "is_lepton" not in dims.schema.object_names:
+                raise HepfmError("assignment candidates 'jets' needs an 'is_lepton' object feature in the schema")
+            self.lepton_index = dims.schema.index("is_lepton")
 
     def forward(self, latents: Latents, batch: Batch) -> dict[str, torch.Tensor]:
         out = {}
+        mask = latents.mask  # [B, N] objects a daughter may be
+        if self.lepton_index is not None:
+            mask = mask & (batch.objects[..., self.lepton_index] < 0.5)
         for res in self.names:
             score = self.scorers[res](latents.objects).reshape(latents.mask.shape[0], -1)  # [B, N^k]
-            valid = _valid_tuples(latents.mask, self.groups[res])
+            valid = _valid_tuples(mask, self.groups[res])
             score = score.masked_fill(~valid, float("-inf"))
             out[f"logp/{res}"] = torch.log_softmax(score, dim=-1).masked_fill(~valid, float("-inf"))
         return out

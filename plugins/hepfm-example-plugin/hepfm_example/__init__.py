@@ -58,16 +58,18 @@ class RelativeResolution:
     description: ClassVar[str] = "example plugin: median and IQR of relative residuals"
 
     class Params(_Params):
+        head: str | None = Field(None, description="met_regression head key (default: the only one)")
         prediction: str = "met"
-        target: str = "met"
+        target: str = Field("met", description="target or global feature")
 
     def __init__(self, params: Params) -> None:
         self.params = params
 
-    def compute(self, predictions, targets, weights) -> dict[str, float]:
-        truth = np.asarray(targets[self.params.target], dtype=np.float64)
+    def compute(self, evaluation) -> dict[str, float]:
+        _, outputs = evaluation.head(self.params.head, "met_regression")
+        truth = np.asarray(evaluation.truth(self.params.target), dtype=np.float64)
         ok = truth > 0
-        r = (np.asarray(predictions[self.params.prediction])[ok] - truth[ok]) / truth[ok]
+        r = (np.asarray(outputs[self.params.prediction])[ok] - truth[ok]) / truth[ok]
         q25, q50, q75 = np.percentile(r, [25, 50, 75])
         return {"median": float(q50), "iqr": float(q75 - q25)}
 
