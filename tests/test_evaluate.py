@@ -180,6 +180,7 @@ def test_metric_plugins_on_an_evaluation(tmp_path):
     assert p["eff_matchable"] == pytest.approx(2 / 3) and p["eff_all"] == pytest.approx(2 / 4)
     assert p["baseline_eff_matchable"] == 1.0 and p["baseline_eff_all"] == pytest.approx(3 / 4)
     assert p["matchable_fraction"] == pytest.approx(3 / 4) and p["eff_all_nj<=3"] == pytest.approx(2 / 4)
+    assert p["pair_purity"] == pytest.approx(5 / 7) and p["baseline_pair_purity"] == 1.0  # per true resonance
     assert results["roc_auc"]["auc"] == 1.0 and results["accuracy"]["accuracy"] == 1.0
     assert {f.name for f in files} == {"pairing_efficiency.png", "roc.png"} and all(f.stat().st_size for f in files)
 

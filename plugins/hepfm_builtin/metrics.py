@@ -116,8 +116,12 @@ class Pairing:
 
     An event is matchable when every daughter column of every resonance has a true object, and
     right when every resonance gets exactly its true objects (daughters compared as a set, and
-    resonances as a set when ``interchangeable``). With ``baseline: min_mlb`` the classical dilepton
-    ttbar pairing (two highest b-score jets, smallest m(l+ b) + m(l- b)) is scored on the same events.
+    resonances as a set when ``interchangeable``). The pair purity counts resonances instead of
+    events: the fraction of fully matched true resonances that the prediction reconstructs exactly,
+    in every selected event (also those where only some resonances are matched).
+
+    With ``baseline: min_mlb`` the classical dilepton ttbar pairing (two highest b-score jets,
+    smallest m(l+ b) + m(l- b)) is scored on the same events.
     """
 
     name: ClassVar[str] = "pairing"
@@ -189,14 +193,12 @@ class Pairing:
         w = ev.weights
         bins = self._bins(ev)
         out: dict[str, float] = {"matchable_fraction": ph.efficiency(self._matchable(ev), w, sel)}
-        for prefix, (matchable, correct, right, _) in self._outcomes(ev):
+        for prefix, (matchable, correct, right, complete) in self._outcomes(ev):
             out[f"{prefix}eff_matchable"] = ph.efficiency(correct, w, sel & matchable)
             out[f"{prefix}eff_all"] = ph.efficiency(correct, w, sel)
-            m = sel & matchable
-            n_res = len(self.params.groups)
-            out[f"{prefix}pair_purity"] = (
-                float(np.sum(w[m] * right[m]) / np.sum(w[m] * n_res)) if m.any() else float("nan")
-            )
+            true_pairs = float(np.sum(w[sel] * complete[sel]))  # per resonance, partially matchable events too
+            found = float(np.sum(w[sel] * right[sel]))
+            out[f"{prefix}pair_purity"] = found / true_pairs if true_pairs else float("nan")
             for b, label in enumerate(self._labels()):
                 in_bin = sel & (bins == b)
                 out[f"{prefix}eff_matchable_nj{label}"] = ph.efficiency(correct, w, in_bin & matchable)
