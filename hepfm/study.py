@@ -1,9 +1,10 @@
 """The data-efficiency study (``hepfm study``): pretrained vs from-scratch fine-tunes by training size.
 
 For every training fraction and seed, the task is fine-tuned twice, once from the pretrained run's
-backbone and once from random weights, and each fine-tune is evaluated on the same test split
-(``hepfm.evaluate``). Cells that finished are never rerun; an interrupted fine-tune resumes from its
-last checkpoint. The study folder::
+backbone (with the task's ``backbone_lr_scale``) and once from random weights (the whole network at
+the full learning rate: a random backbone has nothing to preserve), and each fine-tune is evaluated
+on the same test split (``hepfm.evaluate``). Cells that finished are never rerun; an interrupted
+fine-tune resumes from its last checkpoint. The study folder::
 
     OUT/study.json                          the study's task, pretrained run, fractions, seeds
     OUT/cells/MODE-fF-sS/run/               the fine-tune (MODE: pretrained | scratch)
@@ -40,6 +41,8 @@ from .train import train
 __all__ = ["StudyResult", "study", "study_table", "MODES"]
 
 MODES = ("pretrained", "scratch")
+#: How cells are trained; a study folder made under another protocol is refused.
+PROTOCOL = {"version": 1, "scratch_backbone_lr_scale": 1.0}
 
 
 @dataclass
@@ -66,8 +69,9 @@ def _cell_task(task: Task, mode: str, seed: int, pretrained: Path) -> Task:
     if mode == "pretrained":
         freeze = task.init.freeze_backbone if task.init is not None else False
         data["init"] = InitSpec(checkpoint=str(pretrained), skip_mismatched=True, freeze_backbone=freeze).model_dump()
-    else:
+    else:  # a random backbone has nothing to preserve: it trains at the full learning rate
         data["init"] = None
+        data["train"]["backbone_lr_scale"] = 1.0
     return Task.model_validate(data)
 
 
@@ -107,13 +111,14 @@ def study(
         raise HepfmError(f"modes {unknown}: expected {list(MODES)}")
     if "pretrained" in modes:
         find_checkpoint(pretrained)  # one clear line now rather than after the scratch cells
-    spec = {"task": task.model_dump(mode="json"), "pretrained": str(pretrained)}
+    spec = {"task": task.model_dump(mode="json"), "pretrained": str(pretrained), "protocol": PROTOCOL}
     spec_file = out / "study.json"
     if spec_file.is_file():
         old = json.loads(spec_file.read_text())
-        if old.get("task") != spec["task"] or old.get("pretrained") != spec["pretrained"]:
+        if old != spec:
             raise HepfmError(
-                f"{spec_file}: this folder holds a study of another task or pretrained run; choose another --out"
+                f"{spec_file}: this folder holds a study of another task, pretrained run or protocol; "
+                "choose another --out"
             )
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(spec_file, json.dumps(spec, indent=2) + "\n")

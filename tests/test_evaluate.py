@@ -212,6 +212,7 @@ def test_study_end_to_end_resumes_and_tabulates(tmp_path, cli, demo_store):
     out = tmp_path / "study"
     args = ["study", task, "--pretrained", pre, "--fractions", "1,0.5", "--seeds", 2, "--out", out]
     args += ["--max-events", 300, *TINY, "--set", f"dataset.params.path={data}", "--set", "train.max_steps=4"]
+    args += ["--set", "train.backbone_lr_scale=0.1"]
     r = cli(*args)
     assert r.exit_code == 0, r.stderr
     rows = json.loads((out / "table.json").read_text())
@@ -241,3 +242,6 @@ def test_study_end_to_end_resumes_and_tabulates(tmp_path, cli, demo_store):
     # another task in the same folder is refused in one line
     other = [a if a != "train.max_steps=4" else "train.max_steps=5" for a in args]
     assert_one_line_error(cli(*other), "study.json", "another task")
+    # scratch cells train the whole network at the full learning rate
+    assert "backbone_lr_scale: 1.0" in (out / "cells" / "scratch-f1-s0" / "run" / "task.yaml").read_text()
+    assert "backbone_lr_scale: 0.1" in (pre_cell / "run" / "task.yaml").read_text()
