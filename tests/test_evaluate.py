@@ -182,6 +182,7 @@ def test_metric_plugins_on_an_evaluation(tmp_path):
     assert p["matchable_fraction"] == pytest.approx(3 / 4) and p["eff_all_nj<=3"] == pytest.approx(2 / 4)
     assert p["pair_purity"] == pytest.approx(5 / 7) and p["baseline_pair_purity"] == 1.0  # per true resonance
     assert results["roc_auc"]["auc"] == 1.0 and results["accuracy"]["accuracy"] == 1.0
+    assert results["roc_auc"]["rejection"] == float("inf") and np.isnan(results["roc_auc"]["rejection_error"])
     assert {f.name for f in files} == {"pairing_efficiency.png", "roc.png"} and all(f.stat().st_size for f in files)
 
     bad = [Component(name="roc_auc", params={"signal": ["nope"]})]
