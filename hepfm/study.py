@@ -205,6 +205,16 @@ def _headline_figures(task: Task, rows: list[dict[str, Any]]) -> list[str]:
     return figures
 
 
+def _baseline_of(figure: str) -> str:
+    """``metric/baseline_name`` for ``metric/name``: the classical method on the same events."""
+    metric, name = figure.split("/", 1)
+    return f"{metric}/baseline_{name}"
+
+
+def _is_baseline(figure: str) -> bool:
+    return figure.split("/", 1)[1].startswith("baseline_")
+
+
 def _markdown(task: Task, rows, fractions, modes, n_train) -> str:
     index = {(r["figure"], r["mode"], r["fraction"]): r for r in rows}
     head = "| figure | mode | " + " | ".join(f"{f:g} ({n_train[f]} ev)" for f in fractions) + " |"
@@ -217,19 +227,22 @@ def _markdown(task: Task, rows, fractions, modes, n_train) -> str:
         "|" + "---|" * (len(fractions) + 2),
     ]
     for figure in _headline_figures(task, rows):
-        for mode in modes:
+        # a baseline does not depend on the mode or the training size: one row
+        for mode in modes[:1] if _is_baseline(figure) else modes:
             cells = []
             for f in fractions:
                 r = index.get((figure, mode, f))
                 cells.append("-" if r is None else f"{r['median']:.4g} [{r['min']:.4g}, {r['max']:.4g}] ({r['seeds']})")
-            lines.append(f"| {figure} | {mode} | " + " | ".join(cells) + " |")
+            label = "baseline (same events)" if _is_baseline(figure) else mode
+            lines.append(f"| {figure} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def _plot(out: Path, task: Task, rows: list[dict[str, Any]]) -> list[Path]:
     plt = pyplot()
     files = []
-    for figure in _headline_figures(task, rows):
+    figures = _headline_figures(task, rows)
+    for figure in [f for f in figures if not _is_baseline(f)]:
         fig, ax = plt.subplots(figsize=(5, 3.8))
         for mode in sorted({r["mode"] for r in rows}):
             sel = sorted(
@@ -240,6 +253,9 @@ def _plot(out: Path, task: Task, rows: list[dict[str, Any]]) -> list[Path]:
             x = [r["train_events"] for r in sel]
             ax.plot(x, [r["median"] for r in sel], marker="o", label=mode)
             ax.fill_between(x, [r["min"] for r in sel], [r["max"] for r in sel], alpha=0.2)
+        base = [r["median"] for r in rows if r["figure"] == _baseline_of(figure)]
+        if base:
+            ax.axhline(base[0], ls="--", c="k", label="classical baseline")
         ax.set_xscale("log")
         ax.set_xlabel("training events")
         ax.set_ylabel(figure)
