@@ -257,6 +257,7 @@ def _plot(out: Path, task: Task, rows: list[dict[str, Any]]) -> list[Path]:
         if base:
             ax.axhline(base[0], ls="--", c="k", label="classical baseline")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())  # labelled decades only: no overlapping labels
         ax.set_xlabel("training events")
         ax.set_ylabel(figure)
         ax.legend(fontsize=8)
