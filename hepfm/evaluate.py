@@ -184,14 +184,15 @@ def evaluate(
             raise HepfmError(f"{run}: no --data given and the run names no store")
         data = task.dataset.params["path"]
     out = Path(out) if out is not None else (run if run.is_dir() else run.parent) / "eval"
-    model = load_model(find_checkpoint(run, which), ema=True)
+    checkpoint = find_checkpoint(run, which)
+    model = load_model(checkpoint, ema=True)
     store = EventStore.open(data, schema=model.schema)
     ev = collect(model, store, split, task.split if task else None, batch_size, max_events, seed)
     where = str(run / "task.yaml") if task is not None else str(run)
     results, files = score(ev, specs, out / "plots" if plots else None, where)
     record: dict[str, Any] = {
         "run": str(run),
-        "checkpoint": str(find_checkpoint(run, which)),
+        "checkpoint": str(checkpoint),
         "data": str(store.path),
         "split": split,
         "n_events": len(ev),
