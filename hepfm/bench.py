@@ -121,8 +121,8 @@ def bench_loader(
         return result
 
 
-def _matmul_flops(seconds: float = 1.0, n: int = 1024) -> float:
-    """Dense float32 matmul FLOP/s of this machine (the MFU denominator), at torch's thread count."""
+def _matmul_window(seconds: float, n: int = 1024) -> tuple[float, float]:
+    """Dense float32 n x n matmuls for ``seconds``: (FLOPs done, seconds taken), at torch's thread count."""
     import torch
 
     a, b = torch.randn(n, n), torch.randn(n, n)
@@ -132,7 +132,7 @@ def _matmul_flops(seconds: float = 1.0, n: int = 1024) -> float:
     while time.perf_counter() - t < seconds:
         a @ b
         count += 1
-    return 2 * n**3 * count / (time.perf_counter() - t)
+    return 2 * n**3 * count, time.perf_counter() - t
 
 
 def _train_step(model, opt, batch) -> None:
@@ -145,32 +145,30 @@ def _train_step(model, opt, batch) -> None:
     opt.step()
 
 
-def _rate(fn, model, train: bool, seconds: float, batch_size: int) -> float:
-    """Events/s of ``fn`` (one batch per call), after one warm-up call."""
-    import torch
-
-    model.train(train)
-    with torch.enable_grad() if train else torch.no_grad():
+def _window(fn, seconds: float) -> tuple[int, float]:
+    """Calls of ``fn`` in ``seconds``: (calls, seconds taken)."""
+    n, t = 0, time.perf_counter()
+    while time.perf_counter() - t < seconds:
         fn()
-        n, t = 0, time.perf_counter()
-        while time.perf_counter() - t < seconds:
-            fn()
-            n += batch_size
-    return n / (time.perf_counter() - t)
+        n += 1
+    return n, time.perf_counter() - t
 
 
 def bench_model(
     presets: tuple[str, ...] = ("tiny", "small"),
     batch_size: int = 256,
     seconds: float = 5.0,
+    rounds: int = 5,
     directory: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Parameters, FLOPs per event, train-step and inference events/s per preset, and MFU.
 
     The model is the backbone with a classification head on 18 x 7 inputs (toy events). A train
-    step is forward, loss, backward, gradient clipping and AdamW. MFU is the achieved train FLOP/s
+    step is forward, loss, backward, gradient clipping and AdamW. MFU is the achieved FLOP/s
     (forward + backward FLOPs counted by ``torch.utils.flop_counter``) over the dense matmul
-    FLOP/s measured in the same run.
+    FLOP/s of the same machine. The matmul peak of a shared machine drifts with its neighbours'
+    load, so each preset runs ``rounds`` rounds of (matmul, train, inference) windows, each window
+    ``seconds / rounds`` long, and every ratio is of totals over the same rounds.
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -178,12 +176,13 @@ def bench_model(
     from . import plugins
     from .model import PRESETS, EventModel
 
+    window = seconds / rounds
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
         store = generate_store({"toy_signal": 0.5, "toy_background": 0.5}, max(batch_size, 4096), Path(tmp) / "m.zarr")
         batch = next(iter(EventLoader(store, batch_size=batch_size, shuffle=False)))
         cls = plugins.heads().get("classification")
-        peak = _matmul_flops()
-        result: dict[str, Any] = {"batch_size": batch_size, "threads": torch.get_num_threads(), "matmul_flops": peak}
+        result: dict[str, Any] = {"batch_size": batch_size, "threads": torch.get_num_threads(), "rounds": rounds}
+        peaks: list[float] = []
         for preset in presets:
             torch.manual_seed(0)
             model = EventModel(store.schema, store.stats, PRESETS[preset], {"p": (cls, cls.Params(num_classes=2), 1.0)})
@@ -200,17 +199,41 @@ def bench_model(
                 model(batch)
             infer_flops = fc.get_total_flops() / batch_size
 
-            train_rate = _rate(lambda m=model, o=opt: _train_step(m, o, batch), model, True, seconds, batch_size)
-            infer_rate = _rate(lambda m=model: m(batch), model, False, seconds, batch_size)
+            def train_step(m=model, o=opt) -> None:
+                m.train()
+                _train_step(m, o, batch)
+
+            def infer_step(m=model) -> None:
+                m.eval()
+                with torch.no_grad():
+                    m(batch)
+
+            train_step(), infer_step()  # warm-up
+            totals = {"peak": [0.0, 0.0], "train": [0.0, 0.0], "infer": [0.0, 0.0]}  # [work, seconds]
+            for _ in range(rounds):
+                flops, dt = _matmul_window(window / 2)
+                peaks.append(flops / dt)
+                totals["peak"][0] += flops
+                totals["peak"][1] += dt
+                for key, fn in (("train", train_step), ("infer", infer_step)):
+                    calls, dt = _window(fn, window)
+                    totals[key][0] += calls * batch_size
+                    totals[key][1] += dt
+            peak = totals["peak"][0] / totals["peak"][1]
+            train_rate = totals["train"][0] / totals["train"][1]
+            infer_rate = totals["infer"][0] / totals["infer"][1]
             result[preset] = {
                 "parameters": params,
                 "forward_flops_per_event": infer_flops,
                 "train_flops_per_event": train_flops,
                 "train_events_per_s": train_rate,
                 "inference_events_per_s": infer_rate,
+                "matmul_flops": peak,
                 "mfu_train": train_rate * train_flops / peak,
                 "mfu_inference": infer_rate * infer_flops / peak,
             }
+        result["matmul_flops"] = sum(peaks) / len(peaks)
+        result["matmul_flops_range"] = [min(peaks), max(peaks)]
         for preset in PRESETS:
             if preset not in presets:
                 model = EventModel(

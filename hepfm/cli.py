@@ -501,7 +501,12 @@ def _bench_model(batch_size: int, json_out: Path | None) -> None:
     for preset, n in r.get("parameters_only", {}).items():
         t.add_row(preset, f"{n / 1e6:.2f}M", "", "", "", "", "")
     console.print(t)
-    console.print(f"dense matmul: {r['matmul_flops'] / 1e9:.1f} GFLOP/s", highlight=False)
+    lo, hi = r["matmul_flops_range"]
+    console.print(
+        f"dense matmul: {r['matmul_flops'] / 1e9:.1f} GFLOP/s (windows {lo / 1e9:.0f}-{hi / 1e9:.0f}); "
+        f"each MFU is over the matmul windows interleaved with its own ({r['rounds']} rounds)",
+        highlight=False,
+    )
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(r, indent=2))

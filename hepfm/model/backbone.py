@@ -103,22 +103,24 @@ class LocalEdge(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.edge = MLP(2 * dim, dim, dim)
 
-    def forward(self, h: torch.Tensor, knn: torch.Tensor, knn_valid: torch.Tensor) -> torch.Tensor:
-        # h [B, N, D]; knn [B, N, K] neighbour indices; knn_valid [B, N, K] bool
+    def forward(self, h: torch.Tensor, neighbours: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        # h [B, N, D]; neighbours [B*N*K] flat neighbour rows; weights [B*N, 1, K] (see _neighbours)
         x = self.norm(h)
-        b, n, k = knn.shape
+        b, n, d = x.shape
+        k = weights.shape[-1]
         # the first edge layer W [h_j - h_i, h_i] + c = W1 h_j + ((W2 - W1) h_i + c) is linear, so
         # it runs per object, not per edge (K times fewer FLOPs); only its output is gathered
         first, act, drop, last = self.edge
-        w1, w2 = first.weight.split(x.shape[-1], dim=1)  # [D', D] each
-        from_neigh = x @ w1.T  # [B, N, D']
-        from_centre = torch.addmm(first.bias, x.reshape(b * n, -1), (w2 - w1).T).view(b, n, 1, -1)
-        # flat indexing: its backward is an index_add into [B*N, D'], not a [B, N, N, D'] buffer
-        offset = torch.arange(b, device=knn.device).view(b, 1, 1) * n
-        gathered = from_neigh.reshape(b * n, -1)[(knn + offset).reshape(-1)].view(b, n, k, -1)  # [B, N, K, D']
-        msg = last(drop(act(gathered + from_centre)))  # [B, N, K, D]
-        w = knn_valid.unsqueeze(-1).to(msg.dtype)
-        return (msg * w).sum(2) / w.sum(2).clamp_min(1.0)
+        w1, w2 = first.weight.split(d, dim=1)  # [D', D] each
+        from_neigh = x.reshape(b * n, d) @ w1.T  # [B*N, D']
+        from_centre = torch.addmm(first.bias, x.reshape(b * n, d), (w2 - w1).T).view(b * n, 1, -1)
+        # index_select: its backward is an index_add into [B*N, D'] (advanced indexing's backward,
+        # an accumulating index_put, is ~15x slower on CPU; a gather on an expanded view would
+        # materialise a [B, N, N, D'] buffer)
+        gathered = from_neigh.index_select(0, neighbours).view(b * n, k, -1)  # [B*N, K, D']
+        msg = last(drop(act(gathered + from_centre)))  # [B*N, K, D]
+        # the masked mean over neighbours as one batched product: a single pass over the messages
+        return torch.bmm(weights, msg).view(b, n, d)
 
 
 class Attention(nn.Module):
@@ -132,11 +134,19 @@ class Attention(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        # x [B, N, D]; bias [B, 1 or H, N, N], every row with a finite entry (see _mask_bias)
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.dropout if self.training else 0.0
-        )
+        if bias.requires_grad:
+            # a learned bias: torch's fused CPU kernels do not give its gradient, and its generic
+            # path adds a guard for fully masked rows, which _mask_bias never makes
+            att = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5 + bias  # [B, H, N, N]
+            att = F.dropout(att.softmax(-1), self.dropout, self.training)
+            out = att @ v  # [B, H, N, D/H]
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.dropout if self.training else 0.0
+            )
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
@@ -154,11 +164,11 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(d)
         self.mlp = MLP(d, cfg.mlp_ratio * d, d, cfg.dropout)
 
-    def forward(self, h, cond, mask_bias, pair=None, knn=None, knn_valid=None):
-        # h [B, N, D]; cond [B, D]; mask_bias [B, 1, N, N]; pair [B, N, N, P]
+    def forward(self, h, cond, mask_bias, pair=None, neighbours=None, weights=None):
+        # h [B, N, D]; cond [B, D]; mask_bias [B, 1, N, N]; pair [B, N, N, P]; neighbours, weights: _neighbours
         h = h + self.cond(cond).unsqueeze(1)
         if self.local is not None:
-            h = h + self.local(h, knn, knn_valid)
+            h = h + self.local(h, neighbours, weights)
         bias = mask_bias
         if self.pair_bias is not None:
             bias = bias + self.pair_bias(pair).permute(0, 3, 1, 2)  # [B, H, N, N]
@@ -173,17 +183,24 @@ def _mask_bias(mask: torch.Tensor) -> torch.Tensor:
     return torch.zeros(allowed.shape, device=mask.device).masked_fill(~allowed, float("-inf")).unsqueeze(1)
 
 
-def _knn(eta: torch.Tensor, phi: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices [B, N, K] of the K nearest real objects (not itself) and their validity."""
+def _neighbours(eta: torch.Tensor, phi: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The K nearest real objects (not itself) in (eta, phi), as the local module uses them.
+
+    Returns:
+        Flat row indices [B*N*K] into [B*N, ...] and mean weights [B*N, 1, K]: 1 / (number of
+        real neighbours) on a real neighbour of a real object, else 0.
+    """
+    b, n = mask.shape
     deta = eta[:, :, None] - eta[:, None, :]
     dphi = torch.remainder(phi[:, :, None] - phi[:, None, :] + torch.pi, 2 * torch.pi) - torch.pi
     dist = deta**2 + dphi**2
-    n = mask.shape[1]
     bad = ~mask[:, None, :] | torch.eye(n, dtype=torch.bool, device=mask.device)[None]
     dist = dist.masked_fill(bad, float("inf"))
-    k = min(k, n - 1)
-    d, idx = dist.topk(k, dim=-1, largest=False)
-    return idx, torch.isfinite(d) & mask[:, :, None]
+    d, idx = dist.topk(min(k, n - 1), dim=-1, largest=False)  # [B, N, K]
+    valid = (torch.isfinite(d) & mask[:, :, None]).to(eta.dtype)
+    weights = valid / valid.sum(-1, keepdim=True).clamp_min(1.0)
+    offset = torch.arange(b, device=mask.device).view(b, 1, 1) * n
+    return (idx + offset).reshape(-1), weights.view(b * n, 1, -1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,10 +264,10 @@ class Backbone(nn.Module):
 
         h = self.object_embed(torch.cat([x, flag], dim=-1)) * mask.unsqueeze(-1)  # [B, N, D]
         pair = self.pair_embed(pair_features(kin)) * (mask[:, :, None] & mask[:, None, :]).unsqueeze(-1)
-        knn, knn_valid = _knn(kin[..., 2], kin[..., 3], mask, self.cfg.k_neighbours)
+        neighbours, weights = _neighbours(kin[..., 2], kin[..., 3], mask, self.cfg.k_neighbours)
         bias = _mask_bias(mask)  # [B, 1, N, N]
         for block in self.body:
-            h = block(h, cond, bias, pair, knn, knn_valid)
+            h = block(h, cond, bias, pair, neighbours, weights)
 
         # object encoder: a global token (from globals and time) joins the objects
         tokens = torch.cat([cond.unsqueeze(1), h], dim=1)  # [B, 1+N, D]
