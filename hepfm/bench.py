@@ -164,7 +164,7 @@ def bench_model(
     """Parameters, FLOPs per event, train-step and inference events/s per preset, and MFU.
 
     The model is the backbone with a classification head on 18 x 7 inputs (toy events). A train
-    step is forward, loss, backward, gradient clipping and AdamW. MFU is the achieved FLOP/s
+    step is forward, loss, backward, gradient clipping and the trainer's AdamW. MFU is the achieved FLOP/s
     (forward + backward FLOPs counted by ``torch.utils.flop_counter``) over the dense matmul
     FLOP/s of the same machine. The matmul peak of a shared machine drifts with its neighbours'
     load, so each preset runs ``rounds`` rounds of (matmul, train, inference) windows, each window
@@ -175,6 +175,7 @@ def bench_model(
 
     from . import plugins
     from .model import PRESETS, EventModel
+    from .train import adamw
 
     window = seconds / rounds
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
@@ -187,7 +188,7 @@ def bench_model(
             torch.manual_seed(0)
             model = EventModel(store.schema, store.stats, PRESETS[preset], {"p": (cls, cls.Params(num_classes=2), 1.0)})
             params = sum(p.numel() for p in model.parameters())
-            opt = torch.optim.AdamW(model.parameters(), 1e-3)
+            opt = adamw(model.parameters(), 1e-3)
 
             model.train()
             with FlopCounterMode(display=False) as fc:

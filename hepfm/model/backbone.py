@@ -8,6 +8,7 @@ D model width, H attention heads, K nearest neighbours.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -95,6 +96,19 @@ class MLP(nn.Sequential):
         super().__init__(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_hidden, d_out))
 
 
+class Edges(NamedTuple):
+    """The local module's edges: each real object to each of its K nearest real objects.
+
+    Only real edges are listed (padding has none, and an event with M <= K real objects gives
+    each M - 1), so the per-edge work scales with the real objects, not with the padded N.
+    """
+
+    src: torch.Tensor  # [E] flat row (in [B*N]) of the neighbour j
+    dst: torch.Tensor  # [E] flat row of the object i it informs (ascending)
+    weight: torch.Tensor  # [E, 1] 1 / (number of neighbours of i)
+    has: torch.Tensor  # [B*N, 1] 1.0 where the object has a neighbour, else 0.0
+
+
 class LocalEdge(nn.Module):
     """EdgeConv over the K nearest real neighbours in (eta, phi): mean of MLP([h_j - h_i, h_i])."""
 
@@ -103,24 +117,25 @@ class LocalEdge(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.edge = MLP(2 * dim, dim, dim)
 
-    def forward(self, h: torch.Tensor, neighbours: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        # h [B, N, D]; neighbours [B*N*K] flat neighbour rows; weights [B*N, 1, K] (see _neighbours)
-        x = self.norm(h)
-        b, n, d = x.shape
-        k = weights.shape[-1]
-        # the first edge layer W [h_j - h_i, h_i] + c = W1 h_j + ((W2 - W1) h_i + c) is linear, so
-        # it runs per object, not per edge (K times fewer FLOPs); only its output is gathered
+    def forward(self, h: torch.Tensor, edges: Edges) -> torch.Tensor:
+        # h [B, N, D]
+        b, n, d = h.shape
+        x = self.norm(h).flatten(0, 1)  # [B*N, D]
         first, act, drop, last = self.edge
+        # Only the activation is per edge; both linear layers run per object, with the same
+        # function and parameters as MLP([h_j - h_i, h_i]) averaged over the neighbours:
+        # - first: W [h_j - h_i, h_i] + c = W1 h_j + ((W2 - W1) h_i + c), so it runs once per
+        #   object and only its outputs are gathered;
+        # - last: the mean of (V a_k + e) over the neighbours is V mean(a_k) + e (e only where
+        #   there is a neighbour, as the mean of nothing is 0).
         w1, w2 = first.weight.split(d, dim=1)  # [D', D] each
-        from_neigh = x.reshape(b * n, d) @ w1.T  # [B*N, D']
-        from_centre = torch.addmm(first.bias, x.reshape(b * n, d), (w2 - w1).T).view(b * n, 1, -1)
-        # index_select: its backward is an index_add into [B*N, D'] (advanced indexing's backward,
-        # an accumulating index_put, is ~15x slower on CPU; a gather on an expanded view would
-        # materialise a [B, N, N, D'] buffer)
-        gathered = from_neigh.index_select(0, neighbours).view(b * n, k, -1)  # [B*N, K, D']
-        msg = last(drop(act(gathered + from_centre)))  # [B*N, K, D]
-        # the masked mean over neighbours as one batched product: a single pass over the messages
-        return torch.bmm(weights, msg).view(b, n, d)
+        from_neigh = x @ w1.T  # [B*N, D']
+        from_centre = torch.addmm(first.bias, x, (w2 - w1).T)  # [B*N, D']
+        # index_select, not advanced indexing: its backward is an index_add (advanced indexing's,
+        # an accumulating index_put, is ~15x slower on CPU)
+        a = drop(act(from_neigh.index_select(0, edges.src) + from_centre.index_select(0, edges.dst)))  # [E, D']
+        mean = torch.zeros_like(from_neigh).index_add(0, edges.dst, a * edges.weight)  # [B*N, D']
+        return torch.addmm(edges.has * last.bias, mean, last.weight.T).view(b, n, d)
 
 
 class Attention(nn.Module):
@@ -164,11 +179,11 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(d)
         self.mlp = MLP(d, cfg.mlp_ratio * d, d, cfg.dropout)
 
-    def forward(self, h, cond, mask_bias, pair=None, neighbours=None, weights=None):
-        # h [B, N, D]; cond [B, D]; mask_bias [B, 1, N, N]; pair [B, N, N, P]; neighbours, weights: _neighbours
+    def forward(self, h, cond, mask_bias, pair=None, edges=None):
+        # h [B, N, D]; cond [B, D]; mask_bias [B, 1, N, N]; pair [B, N, N, P]; edges: _edges
         h = h + self.cond(cond).unsqueeze(1)
         if self.local is not None:
-            h = h + self.local(h, neighbours, weights)
+            h = h + self.local(h, edges)
         bias = mask_bias
         if self.pair_bias is not None:
             bias = bias + self.pair_bias(pair).permute(0, 3, 1, 2)  # [B, H, N, N]
@@ -183,13 +198,8 @@ def _mask_bias(mask: torch.Tensor) -> torch.Tensor:
     return torch.zeros(allowed.shape, device=mask.device).masked_fill(~allowed, float("-inf")).unsqueeze(1)
 
 
-def _neighbours(eta: torch.Tensor, phi: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The K nearest real objects (not itself) in (eta, phi), as the local module uses them.
-
-    Returns:
-        Flat row indices [B*N*K] into [B*N, ...] and mean weights [B*N, 1, K]: 1 / (number of
-        real neighbours) on a real neighbour of a real object, else 0.
-    """
+def _edges(eta: torch.Tensor, phi: torch.Tensor, mask: torch.Tensor, k: int) -> Edges:
+    """Each real object's K nearest real objects (not itself) in (eta, phi), as a list of edges."""
     b, n = mask.shape
     deta = eta[:, :, None] - eta[:, None, :]
     dphi = torch.remainder(phi[:, :, None] - phi[:, None, :] + torch.pi, 2 * torch.pi) - torch.pi
@@ -197,10 +207,13 @@ def _neighbours(eta: torch.Tensor, phi: torch.Tensor, mask: torch.Tensor, k: int
     bad = ~mask[:, None, :] | torch.eye(n, dtype=torch.bool, device=mask.device)[None]
     dist = dist.masked_fill(bad, float("inf"))
     d, idx = dist.topk(min(k, n - 1), dim=-1, largest=False)  # [B, N, K]
-    valid = (torch.isfinite(d) & mask[:, :, None]).to(eta.dtype)
-    weights = valid / valid.sum(-1, keepdim=True).clamp_min(1.0)
-    offset = torch.arange(b, device=mask.device).view(b, 1, 1) * n
-    return (idx + offset).reshape(-1), weights.view(b * n, 1, -1)
+    valid = torch.isfinite(d) & mask[:, :, None]  # [B, N, K]
+    rows = torch.arange(b * n, device=mask.device).view(b, n, 1)
+    dst = rows.expand_as(idx)[valid]  # [E]
+    src = (idx + rows.div(n, rounding_mode="floor") * n)[valid]  # [E]
+    count = valid.sum(-1).flatten()  # [B*N]
+    weight = 1.0 / count.index_select(0, dst).to(eta.dtype)
+    return Edges(src, dst, weight.unsqueeze(1), (count > 0).to(eta.dtype).unsqueeze(1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,10 +277,10 @@ class Backbone(nn.Module):
 
         h = self.object_embed(torch.cat([x, flag], dim=-1)) * mask.unsqueeze(-1)  # [B, N, D]
         pair = self.pair_embed(pair_features(kin)) * (mask[:, :, None] & mask[:, None, :]).unsqueeze(-1)
-        neighbours, weights = _neighbours(kin[..., 2], kin[..., 3], mask, self.cfg.k_neighbours)
+        edges = _edges(kin[..., 2], kin[..., 3], mask, self.cfg.k_neighbours)
         bias = _mask_bias(mask)  # [B, 1, N, N]
         for block in self.body:
-            h = block(h, cond, bias, pair, neighbours, weights)
+            h = block(h, cond, bias, pair, edges)
 
         # object encoder: a global token (from globals and time) joins the objects
         tokens = torch.cat([cond.unsqueeze(1), h], dim=1)  # [B, 1+N, D]
