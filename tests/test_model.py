@@ -66,6 +66,36 @@ def test_presets_sizes():
     assert 70e6 < counts["standard"] < 90e6
 
 
+def test_local_edge_is_the_mean_over_real_neighbours_of_the_edge_mlp():
+    """The per-object, edge-list form equals mean_k MLP([h_j - h_i, h_i]) written out by hand."""
+    from hepfm.model.backbone import LocalEdge, _edges
+
+    torch.manual_seed(0)
+    b, n, d, k = 5, 7, 16, 3
+    counts = [7, 4, 2, 1, 0]  # real objects per event: more than K + 1, fewer, one, none
+    mask = torch.arange(n)[None] < torch.tensor(counts)[:, None]
+    eta, phi, h = torch.randn(b, n), torch.randn(b, n), torch.randn(b, n, d)
+    module = LocalEdge(d)
+    for p in module.parameters():
+        torch.nn.init.normal_(p)  # a bias that is not zero, so the "no neighbour" case is tested
+    got = module(h, _edges(eta, phi, mask, k))
+
+    x = module.norm(h)
+    want = torch.zeros(b, n, d)
+    for e, i in itertools.product(range(b), range(n)):
+        if not mask[e, i]:
+            continue
+        others = [j for j in range(n) if mask[e, j] and j != i]
+        dphi = [float(torch.remainder(phi[e, i] - phi[e, j] + torch.pi, 2 * torch.pi) - torch.pi) for j in others]
+        dist = [float(eta[e, i] - eta[e, j]) ** 2 + dp**2 for j, dp in zip(others, dphi, strict=True)]
+        nearest = [others[m] for m in np.argsort(dist)[:k]]
+        if nearest:
+            msgs = [module.edge(torch.cat([x[e, j] - x[e, i], x[e, i]])) for j in nearest]
+            want[e, i] = torch.stack(msgs).mean(0)
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (got - want).abs().max()
+    assert got[~mask].abs().max() == 0 and got[3, 0].abs().max() == 0  # padding; an object alone
+
+
 def test_permutation_equivariance_and_padding_invariance(demo_store, batch64):
     model = build(demo_store, ["classification", "regression", "assignment", "segmentation"]).eval()
     b = batch64
