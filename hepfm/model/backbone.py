@@ -134,7 +134,7 @@ class LocalEdge(nn.Module):
         # index_select, not advanced indexing: its backward is an index_add (advanced indexing's,
         # an accumulating index_put, is ~15x slower on CPU)
         a = drop(act(from_neigh.index_select(0, edges.src) + from_centre.index_select(0, edges.dst)))  # [E, D']
-        mean = torch.zeros_like(from_neigh).index_add(0, edges.dst, a * edges.weight)  # [B*N, D']
+        mean = a.new_zeros(b * n, a.shape[1]).index_add(0, edges.dst, a * edges.weight.to(a.dtype))  # [B*N, D']
         return torch.addmm(edges.has * last.bias, mean, last.weight.T).view(b, n, d)
 
 
