@@ -179,8 +179,9 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(d)
         self.mlp = MLP(d, cfg.mlp_ratio * d, d, cfg.dropout)
 
-    def forward(self, h, cond, mask_bias, pair=None, edges=None):
-        # h [B, N, D]; cond [B, D]; mask_bias [B, 1, N, N]; pair [B, N, N, P]; edges: _edges
+    def forward(self, h, cond, mask_bias, pair=None, edges=None, rows=None):
+        # h [B, N, D]; cond [B, D]; mask_bias [B, 1, N, N]; pair [B, N, N, P]; edges: _edges;
+        # rows [R]: flat rows of the real objects (None: all)
         h = h + self.cond(cond).unsqueeze(1)
         if self.local is not None:
             h = h + self.local(h, edges)
@@ -188,7 +189,10 @@ class Block(nn.Module):
         if self.pair_bias is not None:
             bias = bias + self.pair_bias(pair).permute(0, 3, 1, 2)  # [B, H, N, N]
         h = h + self.attn(self.norm1(h), bias)
-        return h + self.mlp(self.norm2(h))
+        if rows is None:
+            return h + self.mlp(self.norm2(h))
+        flat = h.flatten(0, 1)  # [B*N, D]
+        return flat.index_add(0, rows, self.mlp(self.norm2(flat.index_select(0, rows)))).view_as(h)
 
 
 def _mask_bias(mask: torch.Tensor) -> torch.Tensor:
@@ -279,8 +283,9 @@ class Backbone(nn.Module):
         pair = self.pair_embed(pair_features(kin)) * (mask[:, :, None] & mask[:, None, :]).unsqueeze(-1)
         edges = _edges(kin[..., 2], kin[..., 3], mask, self.cfg.k_neighbours)
         bias = _mask_bias(mask)  # [B, 1, N, N]
+        rows = mask.flatten().nonzero().squeeze(1)
         for block in self.body:
-            h = block(h, cond, bias, pair, edges)
+            h = block(h, cond, bias, pair, edges, rows)
 
         # object encoder: a global token (from globals and time) joins the objects
         tokens = torch.cat([cond.unsqueeze(1), h], dim=1)  # [B, 1+N, D]
