@@ -103,10 +103,32 @@ class Edges(NamedTuple):
     each M - 1), so the per-edge work scales with the real objects, not with the padded N.
     """
 
-    src: torch.Tensor  # [E] flat row (in [B*N]) of the neighbour j
-    dst: torch.Tensor  # [E] flat row of the object i it informs (ascending)
+    src: torch.Tensor  # [E] row (in the packed [R] real objects) of the neighbour j
+    dst: torch.Tensor  # [E] row of the object i it informs (ascending)
     weight: torch.Tensor  # [E, 1] 1 / (number of neighbours of i)
-    has: torch.Tensor  # [B*N, 1] 1.0 where the object has a neighbour, else 0.0
+    has: torch.Tensor  # [R, 1] 1.0 where the object has a neighbour, else 0.0
+
+
+class Packing(NamedTuple):
+    """Where the real objects of a padded [B, N] batch are: the body works on them alone."""
+
+    rows: torch.Tensor  # [R] flat rows (in [B*N]) of the real objects, ascending
+    event: torch.Tensor  # [R] the event of each
+    shape: tuple[int, int]  # (B, N)
+
+    @classmethod
+    def of(cls, mask: torch.Tensor) -> Packing:
+        rows = mask.flatten().nonzero().squeeze(1)
+        return cls(rows, rows.div(mask.shape[1], rounding_mode="floor"), tuple(mask.shape))
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        """[B, N, C] -> [R, C]."""
+        return t.flatten(0, 1).index_select(0, self.rows)
+
+    def unpack(self, t: torch.Tensor) -> torch.Tensor:
+        """[R, C] -> [B, N, C], zero on padding."""
+        b, n = self.shape
+        return t.new_zeros(b * n, t.shape[-1]).index_copy(0, self.rows, t).view(b, n, -1)
 
 
 class LocalEdge(nn.Module):
@@ -118,9 +140,9 @@ class LocalEdge(nn.Module):
         self.edge = MLP(2 * dim, dim, dim)
 
     def forward(self, h: torch.Tensor, edges: Edges) -> torch.Tensor:
-        # h [B, N, D]
-        b, n, d = h.shape
-        x = self.norm(h).flatten(0, 1)  # [B*N, D]
+        # h [R, D], the real objects (Packing)
+        x = self.norm(h)
+        d = x.shape[1]
         first, act, drop, last = self.edge
         # Only the activation is per edge; both linear layers run per object, with the same
         # function and parameters as MLP([h_j - h_i, h_i]) averaged over the neighbours:
@@ -129,13 +151,13 @@ class LocalEdge(nn.Module):
         # - last: the mean of (V a_k + e) over the neighbours is V mean(a_k) + e (e only where
         #   there is a neighbour, as the mean of nothing is 0).
         w1, w2 = first.weight.split(d, dim=1)  # [D', D] each
-        from_neigh = x @ w1.T  # [B*N, D']
-        from_centre = torch.addmm(first.bias, x, (w2 - w1).T)  # [B*N, D']
+        from_neigh = x @ w1.T  # [R, D']
+        from_centre = torch.addmm(first.bias, x, (w2 - w1).T)  # [R, D']
         # index_select, not advanced indexing: its backward is an index_add (advanced indexing's,
         # an accumulating index_put, is ~15x slower on CPU)
         a = drop(act(from_neigh.index_select(0, edges.src) + from_centre.index_select(0, edges.dst)))  # [E, D']
-        mean = a.new_zeros(b * n, a.shape[1]).index_add(0, edges.dst, a * edges.weight.to(a.dtype))  # [B*N, D']
-        return torch.addmm(edges.has * last.bias, mean, last.weight.T).view(b, n, d)
+        mean = a.new_zeros(x.shape[0], a.shape[1]).index_add(0, edges.dst, a * edges.weight.to(a.dtype))  # [R, D']
+        return torch.addmm(edges.has * last.bias, mean, last.weight.T)  # [R, D]
 
 
 class Attention(nn.Module):
@@ -148,10 +170,14 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        # x [B, N, D]; bias [B, 1 or H, N, N], every row with a finite entry (see _mask_bias)
-        b, n, d = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, packing: Packing | None = None) -> torch.Tensor:
+        # x [B, N, D], or [R, D] with packing; bias [B, 1 or H, N, N], every row with a finite
+        # entry (see _mask_bias)
+        qkv = self.qkv(x)
+        if packing is not None:
+            qkv = packing.unpack(qkv)  # [B, N, 3D]: padded keys are masked by the bias
+        b, n, d = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+        q, k, v = qkv.view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
         if bias.requires_grad:
             # a learned bias: torch's fused CPU kernels do not give its gradient, and its generic
             # path adds a guard for fully masked rows, which _mask_bias never makes
@@ -162,7 +188,8 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.dropout if self.training else 0.0
             )
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+        out = out.transpose(1, 2).reshape(b, n, d)  # [B, N, D]
+        return self.proj(out if packing is None else packing.pack(out))
 
 
 class Block(nn.Module):
@@ -179,20 +206,18 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(d)
         self.mlp = MLP(d, cfg.mlp_ratio * d, d, cfg.dropout)
 
-    def forward(self, h, cond, mask_bias, pair=None, edges=None, rows=None):
-        # h [B, N, D]; cond [B, D]; mask_bias [B, 1, N, N]; pair [B, N, N, P]; edges: _edges;
-        # rows [R]: flat rows of the real objects (None: all)
-        h = h + self.cond(cond).unsqueeze(1)
+    def forward(self, h, cond, mask_bias, pair=None, edges=None, packing=None):
+        # h [B, T, D] tokens, or [R, D] real objects with packing (the body); cond [B, D];
+        # mask_bias [B, 1, T, T]; pair [B, T, T, P]; edges: _edges (body blocks)
+        shift = self.cond(cond)  # [B, D]
+        h = h + (shift.unsqueeze(1) if packing is None else shift.index_select(0, packing.event))
         if self.local is not None:
             h = h + self.local(h, edges)
         bias = mask_bias
         if self.pair_bias is not None:
-            bias = bias + self.pair_bias(pair).permute(0, 3, 1, 2)  # [B, H, N, N]
-        h = h + self.attn(self.norm1(h), bias)
-        if rows is None:
-            return h + self.mlp(self.norm2(h))
-        flat = h.flatten(0, 1)  # [B*N, D]
-        return flat.index_add(0, rows, self.mlp(self.norm2(flat.index_select(0, rows)))).view_as(h)
+            bias = bias + self.pair_bias(pair).permute(0, 3, 1, 2)  # [B, H, T, T]
+        h = h + self.attn(self.norm1(h), bias, packing)
+        return h + self.mlp(self.norm2(h))
 
 
 def _mask_bias(mask: torch.Tensor) -> torch.Tensor:
@@ -203,7 +228,10 @@ def _mask_bias(mask: torch.Tensor) -> torch.Tensor:
 
 
 def _edges(eta: torch.Tensor, phi: torch.Tensor, mask: torch.Tensor, k: int) -> Edges:
-    """Each real object's K nearest real objects (not itself) in (eta, phi), as a list of edges."""
+    """Each real object's K nearest real objects (not itself) in (eta, phi), as a list of edges.
+
+    The edges join rows of the packed real objects (``Packing``).
+    """
     b, n = mask.shape
     deta = eta[:, :, None] - eta[:, None, :]
     dphi = torch.remainder(phi[:, :, None] - phi[:, None, :] + torch.pi, 2 * torch.pi) - torch.pi
@@ -212,10 +240,10 @@ def _edges(eta: torch.Tensor, phi: torch.Tensor, mask: torch.Tensor, k: int) -> 
     dist = dist.masked_fill(bad, float("inf"))
     d, idx = dist.topk(min(k, n - 1), dim=-1, largest=False)  # [B, N, K]
     valid = torch.isfinite(d) & mask[:, :, None]  # [B, N, K]
-    rows = torch.arange(b * n, device=mask.device).view(b, n, 1)
-    dst = rows.expand_as(idx)[valid]  # [E]
-    src = (idx + rows.div(n, rounding_mode="floor") * n)[valid]  # [E]
-    count = valid.sum(-1).flatten()  # [B*N]
+    packed = (mask.flatten().cumsum(0) - 1).view(b, n)  # row of each real object among the real ones
+    dst = packed.unsqueeze(-1).expand_as(idx)[valid]  # [E]
+    src = packed.gather(1, idx.flatten(1)).view_as(idx)[valid]  # [E]
+    count = valid.sum(-1)[mask]  # [R]
     weight = 1.0 / count.index_select(0, dst).to(eta.dtype)
     return Edges(src, dst, weight.unsqueeze(1), (count > 0).to(eta.dtype).unsqueeze(1))
 
@@ -279,16 +307,18 @@ class Backbone(nn.Module):
         t = torch.zeros(b, device=x.device) if t is None else t
         cond = self.global_embed(g) + self.time_embed(time_embedding(t, self.cfg.dim))  # [B, D]
 
-        h = self.object_embed(torch.cat([x, flag], dim=-1)) * mask.unsqueeze(-1)  # [B, N, D]
+        # the body works on the real objects alone, packed as rows [R, ...]: per-object layers
+        # never compute on padding (most of a padded batch in collider events)
+        packing = Packing.of(mask)
+        h = self.object_embed(packing.pack(torch.cat([x, flag], dim=-1)))  # [R, D]
         pair = self.pair_embed(pair_features(kin)) * (mask[:, :, None] & mask[:, None, :]).unsqueeze(-1)
         edges = _edges(kin[..., 2], kin[..., 3], mask, self.cfg.k_neighbours)
         bias = _mask_bias(mask)  # [B, 1, N, N]
-        rows = mask.flatten().nonzero().squeeze(1)
         for block in self.body:
-            h = block(h, cond, bias, pair, edges, rows)
+            h = block(h, cond, bias, pair, edges, packing)
 
         # object encoder: a global token (from globals and time) joins the objects
-        tokens = torch.cat([cond.unsqueeze(1), h], dim=1)  # [B, 1+N, D]
+        tokens = torch.cat([cond.unsqueeze(1), packing.unpack(h)], dim=1)  # [B, 1+N, D]
         full_mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=mask.device), mask], dim=1)
         bias = _mask_bias(full_mask)
         for block in self.encoder:
