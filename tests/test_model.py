@@ -79,7 +79,7 @@ def test_local_edge_is_the_mean_over_real_neighbours_of_the_edge_mlp():
     for p in module.parameters():
         torch.nn.init.normal_(p)  # a bias that is not zero, so the "no neighbour" case is tested
     packing = Packing.of(mask)  # the module sees the real objects only, as rows
-    got = packing.unpack(module(packing.pack(h), _edges(eta, phi, mask, k)))
+    got = packing.restore(module(packing.pack(h), _edges(eta, phi, mask, k)))
 
     x = module.norm(h)
     want = torch.zeros(b, n, d)

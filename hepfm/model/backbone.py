@@ -110,23 +110,46 @@ class Edges(NamedTuple):
 
 
 class Packing(NamedTuple):
-    """Where the real objects of a padded [B, N] batch are: the body works on them alone."""
+    """Where the real objects of a padded [B, N] batch are, in two layouts.
+
+    The body works on the real objects alone, as rows [R, ...], so per-object layers never
+    compute on padding (most of a padded batch of collider events). Attention and pair features
+    need an [B, M, M] layout: there each event's real objects come first and M is the largest
+    multiplicity in the batch, not the padded N.
+    """
 
     rows: torch.Tensor  # [R] flat rows (in [B*N]) of the real objects, ascending
     event: torch.Tensor  # [R] the event of each
+    slots: torch.Tensor  # [R] flat rows (in [B*M]) of the same objects in the [B, M] layout
+    mask: torch.Tensor  # [B, M] real objects in the [B, M] layout
     shape: tuple[int, int]  # (B, N)
 
     @classmethod
     def of(cls, mask: torch.Tensor) -> Packing:
+        b, n = mask.shape
         rows = mask.flatten().nonzero().squeeze(1)
-        return cls(rows, rows.div(mask.shape[1], rounding_mode="floor"), tuple(mask.shape))
+        event = rows.div(n, rounding_mode="floor")
+        count = mask.sum(1)
+        m = max(int(count.max()), 1) if b else 1
+        rank = mask.cumsum(1).flatten().index_select(0, rows) - 1  # place among its event's real objects
+        cropped = torch.arange(m, device=mask.device)[None] < count[:, None]
+        return cls(rows, event, event * m + rank, cropped, (b, n))
 
     def pack(self, t: torch.Tensor) -> torch.Tensor:
-        """[B, N, C] -> [R, C]."""
+        """[B, N, C] (the input layout) -> [R, C]."""
         return t.flatten(0, 1).index_select(0, self.rows)
 
     def unpack(self, t: torch.Tensor) -> torch.Tensor:
-        """[R, C] -> [B, N, C], zero on padding."""
+        """[R, C] -> [B, M, C], zero on padding."""
+        b, m = self.mask.shape
+        return t.new_zeros(b * m, t.shape[-1]).index_copy(0, self.slots, t).view(b, m, -1)
+
+    def repack(self, t: torch.Tensor) -> torch.Tensor:
+        """[B, M, C] -> [R, C]."""
+        return t.flatten(0, 1).index_select(0, self.slots)
+
+    def restore(self, t: torch.Tensor) -> torch.Tensor:
+        """[R, C] -> [B, N, C] (the input layout), zero on padding."""
         b, n = self.shape
         return t.new_zeros(b * n, t.shape[-1]).index_copy(0, self.rows, t).view(b, n, -1)
 
@@ -175,7 +198,7 @@ class Attention(nn.Module):
         # entry (see _mask_bias)
         qkv = self.qkv(x)
         if packing is not None:
-            qkv = packing.unpack(qkv)  # [B, N, 3D]: padded keys are masked by the bias
+            qkv = packing.unpack(qkv)  # [B, M, 3D]: padded keys are masked by the bias
         b, n, d = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
         q, k, v = qkv.view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
         if bias.requires_grad:
@@ -189,7 +212,7 @@ class Attention(nn.Module):
                 q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.dropout if self.training else 0.0
             )
         out = out.transpose(1, 2).reshape(b, n, d)  # [B, N, D]
-        return self.proj(out if packing is None else packing.pack(out))
+        return self.proj(out if packing is None else packing.repack(out))
 
 
 class Block(nn.Module):
@@ -307,21 +330,23 @@ class Backbone(nn.Module):
         t = torch.zeros(b, device=x.device) if t is None else t
         cond = self.global_embed(g) + self.time_embed(time_embedding(t, self.cfg.dim))  # [B, D]
 
-        # the body works on the real objects alone, packed as rows [R, ...]: per-object layers
-        # never compute on padding (most of a padded batch in collider events)
+        # the body works on the real objects alone (Packing): rows [R, ...], and [B, M, ...]
+        # with M the batch's largest multiplicity where objects meet (attention, pairs)
         packing = Packing.of(mask)
+        m = packing.mask  # [B, M]
         h = self.object_embed(packing.pack(torch.cat([x, flag], dim=-1)))  # [R, D]
-        pair = self.pair_embed(pair_features(kin)) * (mask[:, :, None] & mask[:, None, :]).unsqueeze(-1)
-        edges = _edges(kin[..., 2], kin[..., 3], mask, self.cfg.k_neighbours)
-        bias = _mask_bias(mask)  # [B, 1, N, N]
+        kin = packing.unpack(packing.pack(kin))  # [B, M, 4]
+        pair = self.pair_embed(pair_features(kin)) * (m[:, :, None] & m[:, None, :]).unsqueeze(-1)  # [B, M, M, P]
+        edges = _edges(kin[..., 2], kin[..., 3], m, self.cfg.k_neighbours)
+        bias = _mask_bias(m)  # [B, 1, M, M]
         for block in self.body:
             h = block(h, cond, bias, pair, edges, packing)
 
         # object encoder: a global token (from globals and time) joins the objects
-        tokens = torch.cat([cond.unsqueeze(1), packing.unpack(h)], dim=1)  # [B, 1+N, D]
-        full_mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=mask.device), mask], dim=1)
+        tokens = torch.cat([cond.unsqueeze(1), packing.unpack(h)], dim=1)  # [B, 1+M, D]
+        full_mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=mask.device), m], dim=1)
         bias = _mask_bias(full_mask)
         for block in self.encoder:
             tokens = block(tokens, cond, bias)
         tokens = self.norm(tokens)
-        return tokens[:, 1:] * mask.unsqueeze(-1), tokens[:, 0]
+        return packing.restore(packing.repack(tokens[:, 1:])), tokens[:, 0]
