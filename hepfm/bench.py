@@ -168,7 +168,9 @@ def bench_model(
     (forward + backward FLOPs counted by ``torch.utils.flop_counter``) over the dense matmul
     FLOP/s of the same machine. The matmul peak of a shared machine drifts with its neighbours'
     load, so each preset runs ``rounds`` rounds of (matmul, train, inference) windows, each window
-    ``seconds / rounds`` long, and every ratio is of totals over the same rounds.
+    ``seconds / rounds`` long, and every ratio is of totals over the same rounds. FLOPs are
+    those executed: the backbone skips padded objects, so they scale with the real ones
+    (``real_object_fraction`` of the batch's object slots).
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -182,7 +184,12 @@ def bench_model(
         store = generate_store({"toy_signal": 0.5, "toy_background": 0.5}, max(batch_size, 4096), Path(tmp) / "m.zarr")
         batch = next(iter(EventLoader(store, batch_size=batch_size, shuffle=False)))
         cls = plugins.heads().get("classification")
-        result: dict[str, Any] = {"batch_size": batch_size, "threads": torch.get_num_threads(), "rounds": rounds}
+        result: dict[str, Any] = {
+            "batch_size": batch_size,
+            "threads": torch.get_num_threads(),
+            "rounds": rounds,
+            "real_object_fraction": float(batch.mask.float().mean()),  # the rest is padding, skipped
+        }
         peaks: list[float] = []
         for preset in presets:
             torch.manual_seed(0)

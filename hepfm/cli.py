@@ -484,7 +484,11 @@ def _bench_model(batch_size: int, json_out: Path | None) -> None:
     from .bench import bench_model
 
     r = bench_model(batch_size=batch_size)
-    t = Table(title=f"bench model (batch {r['batch_size']}, 18x7 inputs, {r['threads']} threads)", title_justify="left")
+    t = Table(
+        title=f"bench model (batch {r['batch_size']}, 18x7 inputs, {100 * r['real_object_fraction']:.0f}% of object "
+        f"slots real, {r['threads']} threads)",
+        title_justify="left",
+    )
     for col in ("preset", "parameters", "fwd GFLOP/event", "train ev/s", "infer ev/s", "MFU train", "MFU infer"):
         t.add_column(col, justify="right")
     for preset in ("tiny", "small"):

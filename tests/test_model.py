@@ -282,4 +282,5 @@ def test_bench_model_figures():
     assert tiny["parameters"] < 1e6 and tiny["forward_flops_per_event"] > 1e5
     assert tiny["train_flops_per_event"] > 2 * tiny["forward_flops_per_event"]
     assert tiny["train_events_per_s"] > 0 and 0 < tiny["mfu_train"] < 1
+    assert 0 < r["real_object_fraction"] < 1 and r["matmul_flops_range"][0] <= r["matmul_flops_range"][1]
     assert set(r["parameters_only"]) == {"small", "lite", "standard"}
