@@ -99,8 +99,9 @@ class MLP(nn.Sequential):
 class Edges(NamedTuple):
     """The local module's edges: each real object to each of its K nearest real objects.
 
-    Only real edges are listed (padding has none, and an event with M <= K real objects gives
-    each M - 1), so the per-edge work scales with the real objects, not with the padded N.
+    Only real edges are listed (padding has none, and an object of an event with K or fewer
+    other real objects has one edge to each of them), so the per-edge work scales with the real
+    objects, not with the padded N.
     """
 
     src: torch.Tensor  # [E] row (in the packed [R] real objects) of the neighbour j
@@ -114,7 +115,7 @@ class Packing(NamedTuple):
 
     The body works on the real objects alone, as rows [R, ...], so per-object layers never
     compute on padding (most of a padded batch of collider events). Attention and pair features
-    need an [B, M, M] layout: there each event's real objects come first and M is the largest
+    need a [B, M] layout: there each event's real objects come first, and M is the largest
     multiplicity in the batch, not the padded N.
     """
 
@@ -194,8 +195,8 @@ class Attention(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor, packing: Packing | None = None) -> torch.Tensor:
-        # x [B, N, D], or [R, D] with packing; bias [B, 1 or H, N, N], every row with a finite
-        # entry (see _mask_bias)
+        # x [B, N, D], or [R, D] with packing (then N is its M); bias [B, 1 or H, N, N], every
+        # row with a finite entry (see _mask_bias)
         qkv = self.qkv(x)
         if packing is not None:
             qkv = packing.unpack(qkv)  # [B, M, 3D]: padded keys are masked by the bias
