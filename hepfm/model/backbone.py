@@ -106,7 +106,7 @@ class Edges(NamedTuple):
 
     src: torch.Tensor  # [E] row (in the packed [R] real objects) of the neighbour j
     dst: torch.Tensor  # [E] row of the object i it informs (ascending)
-    weight: torch.Tensor  # [E, 1] 1 / (number of neighbours of i)
+    scale: torch.Tensor  # [R, 1] 1 / (number of neighbours), 1 where there are none
     has: torch.Tensor  # [R, 1] 1.0 where the object has a neighbour, else 0.0
 
 
@@ -180,7 +180,7 @@ class LocalEdge(nn.Module):
         # index_select, not advanced indexing: its backward is an index_add (advanced indexing's,
         # an accumulating index_put, is ~15x slower on CPU)
         a = drop(act(from_neigh.index_select(0, edges.src) + from_centre.index_select(0, edges.dst)))  # [E, D']
-        mean = a.new_zeros(x.shape[0], a.shape[1]).index_add(0, edges.dst, a * edges.weight.to(a.dtype))  # [R, D']
+        mean = a.new_zeros(x.shape[0], a.shape[1]).index_add(0, edges.dst, a) * edges.scale.to(a.dtype)  # [R, D']
         return torch.addmm(edges.has * last.bias, mean, last.weight.T)  # [R, D]
 
 
@@ -267,9 +267,8 @@ def _edges(eta: torch.Tensor, phi: torch.Tensor, mask: torch.Tensor, k: int) -> 
     packed = (mask.flatten().cumsum(0) - 1).view(b, n)  # row of each real object among the real ones
     dst = packed.unsqueeze(-1).expand_as(idx)[valid]  # [E]
     src = packed.gather(1, idx.flatten(1)).view_as(idx)[valid]  # [E]
-    count = valid.sum(-1)[mask]  # [R]
-    weight = 1.0 / count.index_select(0, dst).to(eta.dtype)
-    return Edges(src, dst, weight.unsqueeze(1), (count > 0).to(eta.dtype).unsqueeze(1))
+    count = valid.sum(-1)[mask].unsqueeze(1)  # [R, 1]
+    return Edges(src, dst, 1.0 / count.clamp_min(1).to(eta.dtype), (count > 0).to(eta.dtype))
 
 
 # --------------------------------------------------------------------------------------------
