@@ -13,6 +13,7 @@ import numpy as np
 from .schema import EventSchema
 
 __all__ = [
+    "effective_entries",
     "M_W",
     "four_vectors",
     "mass",
@@ -76,6 +77,12 @@ def cos_phi_spin(top: np.ndarray, antitop: np.ndarray, lep_plus: np.ndarray, lep
     return np.clip((lp * lm).sum(-1) / np.where(norm > 0, norm, 1.0), -1.0, 1.0)
 
 
+def effective_entries(weights: np.ndarray) -> float:
+    """(sum w)^2 / sum w^2: the number of unweighted events with the same statistical power."""
+    w = np.asarray(weights, np.float64)
+    return float(w.sum() ** 2 / np.sum(w**2))
+
+
 def spin_correlation_d(cos_phi: np.ndarray, weights: np.ndarray | None = None) -> tuple[float, float]:
     """D = -3 <cos phi> (weighted) and its statistical uncertainty (effective-entries error of the mean)."""
     w = np.ones_like(cos_phi) if weights is None else np.asarray(weights, np.float64)
@@ -83,8 +90,7 @@ def spin_correlation_d(cos_phi: np.ndarray, weights: np.ndarray | None = None) -
         return float("nan"), float("nan")
     mean = float(np.sum(w * cos_phi) / np.sum(w))
     var = float(np.sum(w * (cos_phi - mean) ** 2) / np.sum(w))
-    n_eff = float(np.sum(w) ** 2 / np.sum(w**2))
-    return -3.0 * mean, 3.0 * float(np.sqrt(var / max(n_eff, 1.0)))
+    return -3.0 * mean, 3.0 * float(np.sqrt(var / max(effective_entries(w), 1.0)))
 
 
 def reweight_spin(weights: np.ndarray, cos_phi_truth: np.ndarray, d: float) -> np.ndarray:

@@ -61,6 +61,13 @@ def config_from_spec(preset: str, **overrides) -> BackboneConfig:
 # --------------------------------------------------------------------------------------------
 # pair features (Particle Transformer): ln dR, ln kT, ln z, ln m^2
 # --------------------------------------------------------------------------------------------
+def _pairwise_deta_dphi(eta: torch.Tensor, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, N, N] eta_i - eta_j and phi_i - phi_j wrapped into [-pi, pi)."""
+    deta = eta[:, :, None] - eta[:, None, :]
+    dphi = torch.remainder(phi[:, :, None] - phi[:, None, :] + torch.pi, 2 * torch.pi) - torch.pi
+    return deta, dphi
+
+
 def pair_features(kin: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     """Pairwise features of objects.
 
@@ -73,8 +80,7 @@ def pair_features(kin: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     """
     e, pt, eta, phi = kin.float().unbind(-1)
     pt = pt.clamp_min(0)
-    deta = eta[:, :, None] - eta[:, None, :]
-    dphi = torch.remainder(phi[:, :, None] - phi[:, None, :] + torch.pi, 2 * torch.pi) - torch.pi
+    deta, dphi = _pairwise_deta_dphi(eta, phi)
     dr = torch.sqrt(deta**2 + dphi**2 + eps**2)
     ptmin = torch.minimum(pt[:, :, None], pt[:, None, :])
     kt = ptmin * dr
@@ -257,8 +263,7 @@ def _edges(eta: torch.Tensor, phi: torch.Tensor, mask: torch.Tensor, k: int) -> 
     The edges join rows of the packed real objects (``Packing``).
     """
     b, n = mask.shape
-    deta = eta[:, :, None] - eta[:, None, :]
-    dphi = torch.remainder(phi[:, :, None] - phi[:, None, :] + torch.pi, 2 * torch.pi) - torch.pi
+    deta, dphi = _pairwise_deta_dphi(eta, phi)
     dist = deta**2 + dphi**2
     bad = ~mask[:, None, :] | torch.eye(n, dtype=torch.bool, device=mask.device)[None]
     dist = dist.masked_fill(bad, float("inf"))
@@ -318,9 +323,7 @@ class Backbone(nn.Module):
         Returns:
             Object latents [B, N, D] (zero on padding) and the event latent [B, D].
         """
-        b, n, _ = x.shape
-        x = torch.where(mask.unsqueeze(-1), x, 0.0)  # padding carries no information, whatever it holds
-        kin = torch.where(mask.unsqueeze(-1), kin, 0.0)
+        b, n, _ = x.shape  # padded slots are never read: Packing below keeps the real objects only
         if self.training and self.cfg.feature_dropout > 0:
             keep = torch.rand(b, 1, x.shape[-1], device=x.device) >= self.cfg.feature_dropout
             x = x * keep

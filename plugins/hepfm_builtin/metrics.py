@@ -69,8 +69,7 @@ class RocAuc:
         auc = roc_auc_score(is_signal, score, sample_weight=ev.weights)
         rejection = ph.rejection_at(is_signal, score, ev.weights, self.params.signal_efficiency)
         # binomial error of eps_B on the background's effective number of events, propagated to 1/eps_B
-        w_b = ev.weights[~is_signal]
-        n_eff = float(w_b.sum() ** 2 / np.sum(w_b**2))
+        n_eff = ph.effective_entries(ev.weights[~is_signal])
         eps_b = 1.0 / rejection
         error = rejection**2 * float(np.sqrt(eps_b * (1.0 - eps_b) / n_eff)) if eps_b > 0 else float("nan")
         return {"auc": float(auc), "rejection": rejection, "rejection_error": error}
