@@ -97,6 +97,23 @@ def test_local_edge_is_the_mean_over_real_neighbours_of_the_edge_mlp():
     assert got[3, 0].abs().max() == 0  # an object alone
 
 
+def test_attention_softmax_matches_torch_with_masked_keys():
+    """The written-out softmax gives torch's values and gradients, exact zeros on masked keys."""
+    from hepfm.model.backbone import _softmax
+
+    torch.manual_seed(0)
+    scores = 5 * torch.randn(4, 3, 6, 6)
+    scores[..., 3:] = float("-inf")  # masked keys
+    scores[..., 0, :] = 40 + scores[..., 0, :]  # large logits: no overflow
+    ours, ref = scores.clone().requires_grad_(), scores.clone().requires_grad_()
+    y, want = _softmax(ours), ref.softmax(-1)
+    assert torch.allclose(y, want, atol=1e-6)
+    assert (y[..., 3:] == 0).all()
+    g = torch.randn_like(y)
+    y.backward(g), want.backward(g)
+    assert torch.allclose(ours.grad, ref.grad, atol=1e-6)
+
+
 def test_permutation_equivariance_and_padding_invariance(demo_store, batch64):
     model = build(demo_store, ["classification", "regression", "assignment", "segmentation"]).eval()
     b = batch64
