@@ -368,11 +368,13 @@ class Backbone(nn.Module):
         for block in self.body:
             h = block(h, cond, bias, pair, edges, packing)
 
-        # object encoder: a global token (from globals and time) joins the objects
-        tokens = torch.cat([cond.unsqueeze(1), packing.unpack(h)], dim=1)  # [B, 1+M, D]
-        full_mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=mask.device), m], dim=1)
-        bias = _mask_bias(full_mask)
+        # object encoder: a global token (from globals and time) joins the objects, packed too
+        # (the tokens' [B, 1+M] layout has each event's real tokens first, so rows == slots)
+        tokens = packing.unpack(h)  # [B, M, D]
+        outer = Packing.of(torch.cat([torch.ones(b, 1, dtype=torch.bool, device=mask.device), m], dim=1))
+        tokens = outer.pack(torch.cat([cond.unsqueeze(1), tokens], dim=1))  # [B + R, D]
+        bias = _mask_bias(outer.mask)  # [B, 1, 1+M, 1+M]
         for block in self.encoder:
-            tokens = block(tokens, cond, bias)
-        tokens = self.norm(tokens)
+            tokens = block(tokens, cond, bias, packing=outer)
+        tokens = outer.unpack(self.norm(tokens))  # [B, 1+M, D]
         return packing.restore(packing.repack(tokens[:, 1:])), tokens[:, 0]
