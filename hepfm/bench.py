@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,7 @@ def bench_model(
     batch_size: int = 256,
     seconds: float = 5.0,
     rounds: int = 5,
+    full: bool = False,
     directory: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Parameters, FLOPs per event, train-step and inference events/s per preset, and MFU.
@@ -170,7 +172,8 @@ def bench_model(
     load, so each preset runs ``rounds`` rounds of (matmul, train, inference) windows, each window
     ``seconds / rounds`` long, and every ratio is of totals over the same rounds. FLOPs are
     those executed: the backbone skips padded objects, so they scale with the real ones
-    (``real_object_fraction`` of the batch's object slots).
+    (``real_object_fraction`` of the batch's object slots). With ``full``, every event fills all 18
+    slots with real objects (drawn from the batch's own), so nothing is padding.
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -183,6 +186,12 @@ def bench_model(
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
         store = generate_store({"toy_signal": 0.5, "toy_background": 0.5}, max(batch_size, 4096), Path(tmp) / "m.zarr")
         batch = next(iter(EventLoader(store, batch_size=batch_size, shuffle=False)))
+        if full:
+            pool = batch.objects[batch.mask]  # [R, F]
+            fill = pool[torch.randint(len(pool), batch.mask.shape, generator=torch.Generator().manual_seed(0))]
+            batch = replace(
+                batch, objects=torch.where(batch.mask[..., None], batch.objects, fill), mask=torch.ones_like(batch.mask)
+            )
         cls = plugins.heads().get("classification")
         result: dict[str, Any] = {
             "batch_size": batch_size,

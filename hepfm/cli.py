@@ -435,17 +435,22 @@ def bench(
         int, typer.Option(help="events in the store whose epoch peak RSS is measured (0: skip)")
     ] = 2_000_000,
     workers: Annotated[str, typer.Option(help="comma-separated loader worker counts")] = "0,2",
-    batch_size: Annotated[int, typer.Option(help="loader: 1024; model and train use 256 unless given")] = 1024,
+    batch_size: Annotated[int | None, typer.Option(help="[default: loader 1024, model and train 256]")] = None,
+    full: Annotated[
+        bool, typer.Option(help="model: every event fills all 18 object slots (no padding), not toy multiplicities")
+    ] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the figures here")] = None,
 ) -> None:
     """Measure throughput and memory: loader (store I/O), model (size, FLOPs, speed), train."""
+    if batch_size is not None and batch_size < 1:
+        raise HepfmError(f"--batch-size {batch_size}: expected a positive integer")
     if kind == "model":
-        _bench_model(256 if batch_size == 1024 else batch_size, json_out)
+        _bench_model(batch_size or 256, full, json_out)
         return
     if kind == "train":
         from .bench import bench_train
 
-        r = bench_train(batch_size=batch_size if batch_size != 1024 else 256)
+        r = bench_train(batch_size=batch_size or 256)
         for preset in ("tiny", "small"):
             console.print(
                 f"train {preset}: {r[preset]['events_per_s']:,.0f} events/s ({r['engine']} engine, batch "
@@ -463,7 +468,7 @@ def bench(
         counts = tuple(int(w) for w in workers.split(","))
     except ValueError:
         raise HepfmError(f"--workers '{workers}': expected comma-separated integers") from None
-    r = bench_loader(events, rss_events, counts, batch_size)
+    r = bench_loader(events, rss_events, counts, batch_size or 1024)
     t = Table(title=f"bench loader ({events:,} synthetic events)", title_justify="left")
     t.add_column("figure")
     t.add_column("value", justify="right")
@@ -480,10 +485,10 @@ def bench(
         json_out.write_text(json.dumps(r, indent=2))
 
 
-def _bench_model(batch_size: int, json_out: Path | None) -> None:
+def _bench_model(batch_size: int, full: bool, json_out: Path | None) -> None:
     from .bench import bench_model
 
-    r = bench_model(batch_size=batch_size)
+    r = bench_model(batch_size=batch_size, full=full)
     t = Table(
         title=f"bench model (batch {r['batch_size']}, 18x7 inputs, {100 * r['real_object_fraction']:.0f}% of object "
         f"slots real, {r['threads']} threads)",
