@@ -219,7 +219,7 @@ class LocalEdge(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with an additive bias [B, H, N, N] (pair features and masking)."""
+    """Multi-head self-attention of packed tokens with an additive bias (pair features and masking)."""
 
     def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
         super().__init__()
@@ -228,21 +228,18 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor, packing: Packing | None = None) -> torch.Tensor:
-        # x [B, N, D], or [R, D] with packing (then N is its M); bias [B, 1 or H, N, N], every
-        # row with a finite entry (see _mask_bias)
-        qkv = self.qkv(x)
-        if packing is not None:
-            qkv = packing.unpack(qkv)  # [B, M, 3D]: padded keys are masked by the bias
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, packing: Packing) -> torch.Tensor:
+        # x [R, D] packed tokens; bias [B, 1 or H, M, M] in the packing's [B, M] layout, every row
+        # with a finite entry (see _mask_bias)
+        qkv = packing.unpack(self.qkv(x))  # [B, M, 3D], zero on padding: padded keys are masked by the bias
         b, n, d = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
         q, k, v = qkv.view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
         # written out, not F.scaled_dot_product_attention: torch's fused CPU kernels do not give a
         # learned bias its gradient, and for a handful of keys they are slower than these
-        att = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5 + bias  # [B, H, N, N]
+        att = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5 + bias  # [B, H, M, M]
         att = F.dropout(_softmax(att), self.dropout, self.training)
-        out = att @ v  # [B, H, N, D/H]
-        out = out.transpose(1, 2).reshape(b, n, d)  # [B, N, D]
-        return self.proj(out if packing is None else packing.repack(out))
+        out = (att @ v).transpose(1, 2).reshape(b, n, d)  # [B, M, D]
+        return self.proj(packing.repack(out))  # [R, D]
 
 
 class Block(nn.Module):
@@ -259,16 +256,15 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(d)
         self.mlp = MLP(d, cfg.mlp_ratio * d, d, cfg.dropout)
 
-    def forward(self, h, cond, mask_bias, pair=None, edges=None, packing=None):
-        # h [B, T, D] tokens, or [R, D] real objects with packing (the body); cond [B, D];
-        # mask_bias [B, 1, T, T]; pair [B, T, T, P]; edges: _edges (body blocks)
-        shift = self.cond(cond)  # [B, D]
-        h = h + (shift.unsqueeze(1) if packing is None else shift.index_select(0, packing.event))
+    def forward(self, h, cond, mask_bias, packing, pair=None, edges=None):
+        # h [R, D] packed tokens (Packing); cond [B, D]; mask_bias [B, 1, M, M];
+        # pair [B, M, M, P] and edges (_edges): body blocks
+        h = h + self.cond(cond).index_select(0, packing.event)  # [R, D]
         if self.local is not None:
             h = h + self.local(h, edges)
         bias = mask_bias
         if self.pair_bias is not None:
-            bias = bias + self.pair_bias(pair).permute(0, 3, 1, 2)  # [B, H, T, T]
+            bias = bias + self.pair_bias(pair).permute(0, 3, 1, 2)  # [B, H, M, M]
         h = h + self.attn(self.norm1(h), bias, packing)
         return h + self.mlp(self.norm2(h))
 
@@ -366,7 +362,7 @@ class Backbone(nn.Module):
         edges = _edges(kin[..., 2], kin[..., 3], m, self.cfg.k_neighbours)
         bias = _mask_bias(m)  # [B, 1, M, M]
         for block in self.body:
-            h = block(h, cond, bias, pair, edges, packing)
+            h = block(h, cond, bias, packing, pair, edges)
 
         # object encoder: a global token (from globals and time) joins the objects, packed too
         # (the tokens' [B, 1+M] layout has each event's real tokens first, so rows == slots)
@@ -375,6 +371,6 @@ class Backbone(nn.Module):
         tokens = outer.pack(torch.cat([cond.unsqueeze(1), tokens], dim=1))  # [B + R, D]
         bias = _mask_bias(outer.mask)  # [B, 1, 1+M, 1+M]
         for block in self.encoder:
-            tokens = block(tokens, cond, bias, packing=outer)
+            tokens = block(tokens, cond, bias, outer)
         tokens = outer.unpack(self.norm(tokens))  # [B, 1+M, D]
         return packing.restore(packing.repack(tokens[:, 1:])), tokens[:, 0]
