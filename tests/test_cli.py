@@ -166,3 +166,4 @@ def test_bench_loader_small(cli, tmp_path):
     assert figures["write_events_per_s"] > 0 and figures["loader_events_per_s"]["0"] > 0
     assert 10 < figures["bytes_per_event"] < 600
     assert_one_line_error(cli("bench", "gpu"), "unknown benchmark 'gpu'")
+    assert_one_line_error(cli("bench", "model", "--batch-size", 0), "--batch-size 0")

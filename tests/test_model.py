@@ -301,3 +301,6 @@ def test_bench_model_figures():
     assert tiny["train_events_per_s"] > 0 and 0 < tiny["mfu_train"] < 1
     assert 0 < r["real_object_fraction"] < 1 and r["matmul_flops_range"][0] <= r["matmul_flops_range"][1]
     assert set(r["parameters_only"]) == {"small", "lite", "standard"}
+    full = bench_model(presets=("tiny",), batch_size=32, seconds=0.3, rounds=1, full=True)
+    assert full["real_object_fraction"] == 1  # every slot real: more FLOPs per event than toy events
+    assert full["tiny"]["forward_flops_per_event"] > 2 * tiny["forward_flops_per_event"]
