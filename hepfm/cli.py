@@ -13,7 +13,7 @@ from rich.table import Table
 
 from . import __version__, plugins
 from ._errors import HepfmError
-from ._files import write_atomic
+from ._files import write_json
 from ._progress import console, err_console
 
 app = typer.Typer(
@@ -368,7 +368,7 @@ def probe(
         markup=False,
     )
     if json_out:
-        _write_json(json_out, r)
+        write_json(json_out, r)
 
 
 def _print_metrics(results: dict[str, dict[str, float]], title: str) -> None:
@@ -458,7 +458,7 @@ def bench(
                 markup=False,
             )
         if json_out:
-            _write_json(json_out, r)
+            write_json(json_out, r)
         return
     if kind != "loader":
         raise HepfmError(f"unknown benchmark '{kind}'; known: loader, model, train")
@@ -481,7 +481,7 @@ def bench(
         t.add_row(f"peak RSS, {r['rss_events']:,}-event epoch, {k}", f"{v / 2**20:,.0f} MiB")
     console.print(t)
     if json_out:
-        _write_json(json_out, r)
+        write_json(json_out, r)
 
 
 def _bench_model(batch_size: int, full: bool, json_out: Path | None) -> None:
@@ -516,11 +516,7 @@ def _bench_model(batch_size: int, full: bool, json_out: Path | None) -> None:
         highlight=False,
     )
     if json_out:
-        _write_json(json_out, r)
-
-
-def _write_json(path: Path, figures: dict) -> None:
-    write_atomic(path, json.dumps(figures, indent=2))
+        write_json(json_out, r)
 
 
 @app.callback(invoke_without_command=True)

@@ -25,7 +25,7 @@ import torch
 
 from . import plugins
 from ._errors import HepfmError
-from ._files import write_atomic
+from ._files import write_json
 from ._progress import progress
 from .checkpoint import find_checkpoint, load_model
 from .components import Evaluation
@@ -198,7 +198,7 @@ def evaluate(
         "n_events": len(ev),
         "metrics": {m: {k: _json_value(v) for k, v in r.items()} for m, r in results.items()},
     }
-    write_atomic(out / "metrics.json", json.dumps(record, indent=2) + "\n")
+    write_json(out / "metrics.json", record)
     return EvalResult(out, len(ev), results, files)
 
 

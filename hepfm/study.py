@@ -30,7 +30,7 @@ import numpy as np
 
 from . import plugins
 from ._errors import HepfmError
-from ._files import write_atomic
+from ._files import write_atomic, write_json
 from ._plots import pyplot, save_figure
 from ._progress import err_console
 from .checkpoint import find_checkpoint
@@ -121,7 +121,7 @@ def study(
                 "choose another --out"
             )
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(spec_file, json.dumps(spec, indent=2) + "\n")
+    write_json(spec_file, spec)
 
     store = _store_of(task)
     n_train = {f: sum(b - a for a, b in store.segments("train", task.split, f)) for f in fractions}
@@ -186,7 +186,7 @@ def study_table(
             }
         )
     plain = [{k: _json_value(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
-    write_atomic(out / "table.json", json.dumps(plain, indent=2) + "\n")
+    write_json(out / "table.json", plain)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["figure"])
     writer.writeheader()

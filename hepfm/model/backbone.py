@@ -153,7 +153,7 @@ class Packing(NamedTuple):
     multiplicity in the batch, not the padded N.
     """
 
-    rows: torch.Tensor  # [R] flat rows (in [B*N]) of the real objects, ascending
+    rows: torch.Tensor  # [R] flat rows (in [B*N]) of the real objects
     event: torch.Tensor  # [R] the event of each
     slots: torch.Tensor  # [R] flat rows (in [B*M]) of the same objects in the [B, M] layout
     mask: torch.Tensor  # [B, M] real objects in the [B, M] layout
@@ -169,6 +169,19 @@ class Packing(NamedTuple):
         rank = mask.cumsum(1).flatten().index_select(0, rows) - 1  # place among its event's real objects
         cropped = torch.arange(m, device=mask.device)[None] < count[:, None]
         return cls(rows, event, event * m + rank, cropped, (b, n))
+
+    def with_global_token(self) -> Packing:
+        """The same objects behind one leading token per event (the object encoder's tokens).
+
+        Its rows [B + R] are the B global tokens, then this packing's R objects in its order, and
+        its [B, 1 + M] layout is also its input layout. Derived here, without another host sync.
+        """
+        b, m = self.mask.shape
+        events = torch.arange(b, device=self.mask.device)
+        place = self.slots - self.event * m  # place of each object among its event's real ones
+        slots = torch.cat([events * (m + 1), self.event * (m + 1) + 1 + place])
+        mask = torch.cat([self.mask.new_ones(b, 1), self.mask], dim=1)
+        return Packing(slots, torch.cat([events, self.event]), slots, mask, (b, m + 1))
 
     def pack(self, t: torch.Tensor) -> torch.Tensor:
         """[B, N, C] (the input layout) -> [R, C]."""
@@ -365,12 +378,10 @@ class Backbone(nn.Module):
             h = block(h, cond, bias, packing, pair, edges)
 
         # object encoder: a global token (from globals and time) joins the objects, packed too
-        # (the tokens' [B, 1+M] layout has each event's real tokens first, so rows == slots)
-        tokens = packing.unpack(h)  # [B, M, D]
-        outer = Packing.of(torch.cat([torch.ones(b, 1, dtype=torch.bool, device=mask.device), m], dim=1))
-        tokens = outer.pack(torch.cat([cond.unsqueeze(1), tokens], dim=1))  # [B + R, D]
+        outer = packing.with_global_token()
+        tokens = torch.cat([cond, h])  # [B + R, D]: the global tokens, then the objects
         bias = _mask_bias(outer.mask)  # [B, 1, 1+M, 1+M]
         for block in self.encoder:
             tokens = block(tokens, cond, bias, outer)
-        tokens = outer.unpack(self.norm(tokens))  # [B, 1+M, D]
-        return packing.restore(packing.repack(tokens[:, 1:])), tokens[:, 0]
+        tokens = self.norm(tokens)
+        return packing.restore(tokens[b:]), tokens[:b]
