@@ -8,6 +8,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from ._errors import HepfmError, StoreError, TaskError
+from ._selection import Selection, SelectionError
 from .hookspecs import hookimpl
 from .schema import Batch, EventBlock, EventSchema, Feature, FeatureStats, Normaliser, compute_globals
 from .store import EventLoader, EventStore, SplitSpec, StoreWriter
@@ -34,4 +35,6 @@ __all__ = [
     "EventStore",
     "SplitSpec",
     "StoreWriter",
+    "Selection",
+    "SelectionError",
 ]

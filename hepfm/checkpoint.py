@@ -20,9 +20,20 @@ from safetensors.torch import load_file, save_file
 from ._errors import HepfmError
 from .schema import EventSchema, FeatureStats
 
-__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "find_checkpoint", "build_model", "load_model"]
+__all__ = [
+    "FORMAT",
+    "WEIGHTS",
+    "save_checkpoint",
+    "load_checkpoint",
+    "find_checkpoint",
+    "checkpoint_weights",
+    "build_model",
+    "load_model",
+]
 
 FORMAT = "hepfm-checkpoint-1"
+#: The two sets of weights a checkpoint holds: the EMA average and the raw (optimised) weights.
+WEIGHTS = ("ema", "raw")
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -132,8 +143,39 @@ def build_model(config: dict[str, Any]):
     return EventModel(schema, stats, backbone, heads)
 
 
-def load_model(run: str | os.PathLike, which: str = "best", ema: bool = True, schema: EventSchema | None = None):
-    """Rebuild a trained model from a run folder or checkpoint file (EMA weights by default)."""
+def checkpoint_weights(ckpt: dict[str, Any], weights: str | None = None, where: str = "checkpoint"):
+    """The state dict to use from a loaded checkpoint, and which it is (``"ema"`` or ``"raw"``).
+
+    ``weights=None`` takes the weights the run selected its best checkpoint on (recorded by the
+    trainer as ``selected_on``; EMA for checkpoints that predate the record).
+    """
+    chosen = weights or (ckpt.get("trainer") or {}).get("selected_on", "ema")
+    if chosen not in WEIGHTS:
+        raise HepfmError(f"{where}: weights '{chosen}': expected one of {', '.join(WEIGHTS)}")
+    if chosen == "ema" and not ckpt.get("ema"):
+        if weights == "ema":
+            raise HepfmError(f"{where}: holds no EMA weights; use weights 'raw'")
+        chosen = "raw"
+    return (ckpt["ema"] if chosen == "ema" else ckpt["model"]), chosen
+
+
+def load_model(
+    run: str | os.PathLike,
+    which: str = "best",
+    weights: str | None = None,
+    schema: EventSchema | None = None,
+):
+    """Rebuild a trained model from a run folder or checkpoint file, in eval mode.
+
+    Args:
+        run: Run folder or checkpoint file.
+        which: ``best`` or ``last`` checkpoint of a run folder.
+        weights: ``ema`` or ``raw``; default: the weights the run selected its best checkpoint on.
+        schema: Refuse a checkpoint of another event schema.
+
+    The model's ``checkpoint_config`` is the config it was rebuilt from and ``weights`` says which
+    weights it carries.
+    """
     path = find_checkpoint(run, which)
     ckpt = load_checkpoint(path)
     model = build_model(ckpt["config"])
@@ -141,13 +183,14 @@ def load_model(run: str | os.PathLike, which: str = "best", ema: bool = True, sc
         diff = model.schema.differences(schema)
         if diff:
             raise HepfmError(f"{path}: checkpoint 'schema' does not match the data: {'; '.join(diff)}")
-    weights = ckpt["ema"] if ema and ckpt["ema"] else ckpt["model"]
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    state, chosen = checkpoint_weights(ckpt, weights, str(path))
+    missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise HepfmError(
             f"{path}: weights do not fit the model in its own config "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     model.checkpoint_config = ckpt["config"]  # what it was rebuilt from (heads, processes, topology)
+    model.weights = chosen
     model.eval()
     return model

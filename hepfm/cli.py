@@ -388,6 +388,9 @@ def evaluate(
     out: Annotated[Path | None, typer.Option(help="output folder (default: RUN/eval)")] = None,
     split: Annotated[str, typer.Option(help="train | val | test | all")] = "test",
     which: Annotated[str, typer.Option(help="best | last checkpoint")] = "best",
+    weights: Annotated[
+        str | None, typer.Option(help="ema | raw (default: the weights the best checkpoint was selected on)")
+    ] = None,
     max_events: Annotated[int | None, typer.Option(help="score at most this many events")] = None,
     batch_size: Annotated[int, typer.Option(help="events per batch")] = 512,
     seed: Annotated[int, typer.Option(help="seed of the generative heads' sampling")] = 0,
@@ -396,8 +399,18 @@ def evaluate(
     from .evaluate import evaluate as run_evaluate
 
     err_console.print(f"evaluate {run} ({which}) on the {split} split of {data or 'its own data'}", markup=False)
-    r = run_evaluate(run, data, out, split=split, which=which, batch_size=batch_size, max_events=max_events, seed=seed)
-    _print_metrics(r.metrics, f"{r.n_events} events")
+    r = run_evaluate(
+        run,
+        data,
+        out,
+        split=split,
+        which=which,
+        weights=weights,
+        batch_size=batch_size,
+        max_events=max_events,
+        seed=seed,
+    )
+    _print_metrics(r.metrics, f"{r.n_events} events, {r.weights} weights, selected fraction {r.selected_fraction:.3f}")
     console.print(f"wrote {r.path / 'metrics.json'} and {len(r.plots)} plots in {r.path / 'plots'}", markup=False)
 
 
@@ -409,6 +422,10 @@ def study(
     seeds: Annotated[int, typer.Option(help="seeds per fraction and mode")] = 3,
     out: Annotated[Path, typer.Option(help="study folder (an existing one is continued)")] = Path("runs/study"),
     max_events: Annotated[int | None, typer.Option(help="evaluate at most this many test events per cell")] = None,
+    protocol: Annotated[
+        str, typer.Option(help="converged (early stopping within the budget) | equal-steps")
+    ] = "converged",
+    max_steps: Annotated[int | None, typer.Option(help="step budget of every cell")] = None,
     set_: SetOpt = None,
 ) -> None:
     """Pretrained vs from-scratch fine-tunes at several training fractions and seeds; table and plots."""
@@ -422,7 +439,9 @@ def study(
     err_console.print(
         f"study {resolved.name}: fractions {values}, {seeds} seeds, pretrained {pretrained} -> {out}", markup=False
     )
-    r = run_study(resolved, pretrained, out, values, seeds, max_events=max_events)
+    r = run_study(
+        resolved, pretrained, out, values, seeds, max_events=max_events, protocol=protocol, max_steps=max_steps
+    )
     console.print((out / "table.md").read_text(), markup=False)
     console.print(f"wrote {out}/table.md, table.csv, table.json and {len(r.plots)} plots in {out}/plots", markup=False)
 

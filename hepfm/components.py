@@ -155,6 +155,7 @@ class Evaluation:
             (``Head.infer`` where a head has it, else ``predict(forward(...))``).
         heads: Head key -> {"name": registered head name, "params": its validated params}.
         processes: The store's process names (``targets["process"]`` indexes them).
+        selected_fraction: Share of the split's events that passed the task's event selection.
     """
 
     schema: EventSchema
@@ -166,6 +167,7 @@ class Evaluation:
     outputs: dict[str, dict[str, np.ndarray]]
     heads: dict[str, dict[str, Any]]
     processes: list[str]
+    selected_fraction: float = 1.0
 
     def __len__(self) -> int:
         return len(self.weights)

@@ -72,7 +72,7 @@ def embed(
     if out.exists() and not overwrite:
         raise HepfmError(f"{out}: exists; choose another --out or pass --overwrite")
     ckpt_path = find_checkpoint(run, which)
-    model = load_model(ckpt_path, ema=True)
+    model = load_model(ckpt_path)
     store = EventStore.open(data, schema=model.schema)
     config = model.checkpoint_config
     task_split = SplitSpec()

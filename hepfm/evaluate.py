@@ -1,11 +1,13 @@
 """Physics evaluation of a trained run (``hepfm evaluate``).
 
-The run's EMA weights score one split of an event store (the test split of the run's own split by
+The run's weights (by default those its best checkpoint was selected on, normally the EMA; ``--weights
+ema|raw`` chooses) score one split of an event store (the test split of the run's own split by
 default): every head's physics outputs are collected (``Head.infer`` where a head has it, e.g. the
 full diffusion sampling chain; ``predict(forward(...))`` otherwise), then each metric the run's task
 names computes its figures and draws its plots::
 
-    OUT/metrics.json          {"run", "data", "split", "n_events", "metrics": {metric: {name: value}}}
+    OUT/metrics.json          {"run", "checkpoint", "weights", "data", "split", "selection", "selected_fraction",
+                               "n_events", "metrics": {metric: {name: value}}}
     OUT/plots/METRIC/*.png    ROC curves, pairing efficiency vs jet multiplicity, residuals, ...
 
 Non-finite values are written as JSON null (nan) or the strings "inf" / "-inf".
@@ -27,10 +29,11 @@ from . import plugins
 from ._errors import HepfmError
 from ._files import write_json
 from ._progress import progress
+from ._selection import Selection
 from .checkpoint import find_checkpoint, load_model
 from .components import Evaluation
 from .store import EventLoader, EventStore, SplitSpec
-from .tasks import Component, Task, load_task
+from .tasks import Component, Task, load_task, task_selection
 
 __all__ = ["EvalResult", "collect", "evaluate", "score", "read_metrics"]
 
@@ -43,6 +46,8 @@ class EvalResult:
     n_events: int
     metrics: dict[str, dict[str, float]]
     plots: list[Path]
+    weights: str = "ema"
+    selected_fraction: float = 1.0
 
 
 @torch.no_grad()
@@ -54,10 +59,13 @@ def collect(
     batch_size: int = 512,
     max_events: int | None = None,
     seed: int = 0,
+    selection: Selection | None = None,
 ) -> Evaluation:
-    """Run every head of ``model`` over one split of ``store`` and gather an ``Evaluation``."""
+    """Run every head of ``model`` over one split of ``store`` (events passing ``selection``) into an ``Evaluation``."""
     model.eval()
-    loader = EventLoader(store, split, batch_size, shuffle=False, split_spec=split_spec or SplitSpec())
+    loader = EventLoader(
+        store, split, batch_size, shuffle=False, split_spec=split_spec or SplitSpec(), selection=selection
+    )
     total = loader.n_events if max_events is None else min(loader.n_events, max_events)
     if total == 0:
         raise HepfmError(f"{store.path}: the '{split}' split has no events")
@@ -104,6 +112,7 @@ def collect(
         },
         heads=heads,
         processes=list(store.processes),
+        selected_fraction=loader.selected_fraction,
     )
 
 
@@ -154,6 +163,7 @@ def evaluate(
     out: str | os.PathLike | None = None,
     split: str = "test",
     which: str = "best",
+    weights: str | None = None,
     metrics: list[Component] | None = None,
     batch_size: int = 512,
     max_events: int | None = None,
@@ -168,6 +178,7 @@ def evaluate(
         out: Output folder (default: ``RUN/eval``).
         split: ``train``, ``val``, ``test`` or ``all``.
         which: ``best`` or ``last`` checkpoint.
+        weights: ``ema`` or ``raw`` (default: the weights the run selected its best checkpoint on).
         metrics: Metrics to compute instead of the task's.
         batch_size: Events per inference batch.
         max_events: Score at most this many events of the split.
@@ -185,21 +196,25 @@ def evaluate(
         data = task.dataset.params["path"]
     out = Path(out) if out is not None else (run if run.is_dir() else run.parent) / "eval"
     checkpoint = find_checkpoint(run, which)
-    model = load_model(checkpoint, ema=True)
+    model = load_model(checkpoint, weights=weights)
     store = EventStore.open(data, schema=model.schema)
-    ev = collect(model, store, split, task.split if task else None, batch_size, max_events, seed)
+    selection = task_selection(task, store.schema) if task is not None else None
+    ev = collect(model, store, split, task.split if task else None, batch_size, max_events, seed, selection)
     where = str(run / "task.yaml") if task is not None else str(run)
     results, files = score(ev, specs, out / "plots" if plots else None, where)
     record: dict[str, Any] = {
         "run": str(run),
         "checkpoint": str(checkpoint),
+        "weights": model.weights,
         "data": str(store.path),
         "split": split,
+        "selection": list(selection.cuts) if selection else [],
+        "selected_fraction": ev.selected_fraction,
         "n_events": len(ev),
         "metrics": {m: {k: _json_value(v) for k, v in r.items()} for m, r in results.items()},
     }
     write_json(out / "metrics.json", record)
-    return EvalResult(out, len(ev), results, files)
+    return EvalResult(out, len(ev), results, files, model.weights, ev.selected_fraction)
 
 
 def read_metrics(path: str | os.PathLike) -> dict[str, dict[str, float]]:

@@ -33,6 +33,7 @@ import zarr.codecs
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ._errors import StoreError
+from ._selection import Selection
 from .schema import SCHEMA_VERSION, Batch, EventBlock, EventSchema, FeatureStats, Normaliser
 
 __all__ = [
@@ -611,11 +612,24 @@ class _SegmentStream(torch.utils.data.IterableDataset):
         buffer_segments: int,
         drop_last: bool,
         names: list[str] | None,
+        keep: np.ndarray | None = None,
     ) -> None:
         super().__init__()
         self.path, self.segments, self.batch_size = path, segments, batch_size
         self.shuffle, self.seed, self.buffer_segments = shuffle, seed, buffer_segments
         self.drop_last, self.names = drop_last, names
+        self.keep = keep  # bool [n_events] of the whole store (the selection), or None: every event
+
+    def _read(self, store: EventStore, a: int, b: int) -> dict[str, np.ndarray] | None:
+        """Events [a, b) that pass the selection; ``None`` when none does (nothing is read)."""
+        if self.keep is None:
+            return store.read(a, b, self.names)
+        keep = self.keep[a:b]
+        n_keep = int(np.count_nonzero(keep))
+        if n_keep == 0:
+            return None
+        data = store.read(a, b, self.names)
+        return data if n_keep == b - a else {k: v[keep] for k, v in data.items()}
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         info = torch.utils.data.get_worker_info()
@@ -628,7 +642,10 @@ class _SegmentStream(torch.utils.data.IterableDataset):
         for i in range(0, len(segments), self.buffer_segments):
             group = segments[i : i + self.buffer_segments]
             reads = group if self.shuffle else _merge_contiguous(group)
-            data = _concat(carry + [store.read(a, b, self.names) for a, b in reads])
+            parts = [part for a, b in reads if (part := self._read(store, a, b)) is not None]
+            if not carry and not parts:
+                continue
+            data = _concat(carry + parts)
             n = len(data["objects"]) if "objects" in data else len(next(iter(data.values())))
             if self.shuffle:
                 perm = rng.permutation(n)
@@ -662,6 +679,9 @@ class EventLoader:
         drop_last: Drop each worker's last short batch.
         names: Arrays to read besides objects, mask, globals and weights (default: all targets).
         pin_memory: Pin batches (for CUDA).
+        selection: Yield only the events passing these cuts (a ``Selection``, or a list of cut
+            strings), the same ones every epoch and on every rank. ``fraction`` applies before
+            the selection; ``n_events`` and ``len()`` count selected events.
     """
 
     def __init__(
@@ -680,8 +700,12 @@ class EventLoader:
         drop_last: bool = False,
         names: list[str] | None = None,
         pin_memory: bool = False,
+        selection: Selection | list[str] | None = None,
     ) -> None:
         self.store = store if isinstance(store, EventStore) else EventStore.open(store)
+        if selection is not None and not isinstance(selection, Selection):
+            selection = Selection.parse(selection)
+        self.selection = selection if selection else None
         if batch_size < 1:
             raise StoreError(f"batch_size must be positive, got {batch_size}")
         if not 0 <= rank < world_size:
@@ -694,6 +718,16 @@ class EventLoader:
         if not base:
             raise StoreError(f"{self.store.path}: split '{split}' holds no events")
         self.segments = self._subdivide(base, world_size * max(1, num_workers) * 2)
+        self._keep: np.ndarray | None = None
+        self._selected: dict[Segment, int] = {}
+        if self.selection is not None:
+            self._keep = self.selection.store_mask(self.store)
+            self._selected = {(a, b): int(np.count_nonzero(self._keep[a:b])) for a, b in self.segments}
+            if sum(self._selected.values()) == 0:
+                raise StoreError(
+                    f"{self.store.path}: the selection {list(self.selection.cuts)} leaves no events "
+                    f"in the '{split}' split"
+                )
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.num_workers, self.rank, self.world_size = num_workers, rank, world_size
         self.buffer_segments, self.drop_last = buffer_segments, drop_last
@@ -724,17 +758,32 @@ class EventLoader:
             segments = [segments[i] for i in order]
         return segments[self.rank :: self.world_size]
 
+    def _count(self, segments: list[Segment]) -> int:
+        """Events of these segments that the loader yields (those passing the selection)."""
+        if self._keep is None:
+            return sum(b - a for a, b in segments)
+        return sum(self._selected[s] for s in segments)
+
     @property
     def n_events(self) -> int:
-        """Events this rank sees per epoch."""
-        return sum(b - a for a, b in self.shard())
+        """Events this rank sees per epoch (after the selection)."""
+        return self._count(self.shard())
+
+    @property
+    def selected_fraction(self) -> float:
+        """Events this rank yields / events of its shard before the selection (1.0 without one)."""
+        if self._keep is None:
+            return 1.0
+        shard = self.shard()
+        total = sum(b - a for a, b in shard)
+        return self._count(shard) / total if total else 0.0
 
     def __len__(self) -> int:
         """Batches this rank yields per epoch (each worker ends on its own short batch)."""
         shard = self.shard()
         total = 0
         for w in range(max(1, self.num_workers)):
-            n = sum(b - a for a, b in shard[w :: max(1, self.num_workers)])
+            n = self._count(shard[w :: max(1, self.num_workers)])
             total += n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
         return total
 
@@ -748,6 +797,7 @@ class EventLoader:
             self.buffer_segments,
             self.drop_last,
             self.names,
+            self._keep,
         )
         if self.num_workers == 0:
             for arrays in stream:

@@ -4,15 +4,26 @@ For every training fraction and seed, the task is fine-tuned twice, once from th
 backbone (with the task's ``backbone_lr_scale``) and once from random weights (the whole network at
 the full learning rate: a random backbone has nothing to preserve), and each fine-tune is evaluated
 on the same test split (``hepfm.evaluate``). Cells that finished are never rerun; an interrupted
-fine-tune resumes from its last checkpoint. The study folder::
+fine-tune resumes from its last checkpoint.
 
-    OUT/study.json                          the study's task, pretrained run, fractions, seeds
+Two protocols. ``converged`` (the default): every cell trains until its validation loss stops
+improving (``train.early_stopping`` of the task, else a patience of 5 validation rounds) or its
+step budget ends; the best checkpoint (selected on validation) is evaluated. ``equal-steps``: every
+cell trains exactly the budget, no early stopping. The budget is ``--max-steps``, else the task's
+``train.max_steps``, else ``train.epochs`` over the largest fraction's training events; it is the
+same for every cell, so small fractions are not cut short by an epoch count. The study folder::
+
+    OUT/study.json                          the study's task, pretrained run, protocol; per cell the
+                                            steps taken, best step, events seen, fine-tune FLOPs
     OUT/cells/MODE-fF-sS/run/               the fine-tune (MODE: pretrained | scratch)
     OUT/cells/MODE-fF-sS/eval/metrics.json  its evaluation (the cell is finished when this exists)
     OUT/table.json, table.csv, table.md     median, min and max over seeds of every figure
     OUT/plots/*.png                         headline figures vs training events
 
-``train_events`` in the table is the number of training events the fraction leaves.
+``train_events`` in the table is the number of training events the fraction leaves (after the
+task's event selection). Compute rows (``compute/steps``, ``compute/best_step``,
+``compute/events_seen``, ``compute/flops``) sit beside the physics figures, and the table's
+header gives the pretraining run's FLOPs, events and wall time, for equal-compute comparisons.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +47,17 @@ from ._plots import pyplot, save_figure
 from ._progress import err_console
 from .checkpoint import find_checkpoint
 from .evaluate import _json_value, evaluate, read_metrics
-from .tasks import InitSpec, Task
+from .store import EventLoader
+from .tasks import EarlyStoppingSpec, InitSpec, Task, task_selection
 from .train import train
 
-__all__ = ["StudyResult", "study", "study_table", "MODES"]
+__all__ = ["StudyResult", "study", "study_table", "MODES", "PROTOCOLS", "pretraining_compute"]
 
 MODES = ("pretrained", "scratch")
-#: How cells are trained; a study folder made under another protocol is refused.
-PROTOCOL = {"version": 1, "scratch_backbone_lr_scale": 1.0}
+PROTOCOLS = ("converged", "equal-steps")
+#: Version of the way cells are trained; a study folder made under another protocol is refused.
+PROTOCOL_VERSION = 2
+COMPUTE = ("steps", "best_step", "events_seen", "flops")
 
 
 @dataclass
@@ -63,12 +78,19 @@ def _store_of(task: Task):
     return cls(cls.Params.model_validate(task.dataset.params)).open()
 
 
-def _cell_task(task: Task, mode: str, seed: int, pretrained: Path) -> Task:
+def _cell_task(task: Task, mode: str, seed: int, pretrained: Path, protocol: dict[str, Any]) -> Task:
     data = task.model_dump(mode="json")
     data["train"]["seed"] = task.train.seed + seed
+    data["train"]["max_steps"] = protocol["max_steps"]
+    data["train"]["early_stopping"] = protocol["early_stopping"]
     if mode == "pretrained":
-        freeze = task.init.freeze_backbone if task.init is not None else False
-        data["init"] = InitSpec(checkpoint=str(pretrained), skip_mismatched=True, freeze_backbone=freeze).model_dump()
+        init = task.init
+        data["init"] = InitSpec(
+            checkpoint=str(pretrained),
+            skip_mismatched=True,
+            freeze_backbone=init.freeze_backbone if init is not None else False,
+            weights=init.weights if init is not None else None,
+        ).model_dump()
     else:  # a random backbone has nothing to preserve: it trains at the full learning rate
         data["init"] = None
         data["train"]["backbone_lr_scale"] = 1.0
@@ -84,6 +106,8 @@ def study(
     modes: tuple[str, ...] = MODES,
     max_events: int | None = None,
     wandb_mode: str = "disabled",
+    protocol: str = "converged",
+    max_steps: int | None = None,
 ) -> StudyResult:
     """Run (or finish) a study into ``out`` and write its table and plots (see module docstring).
 
@@ -96,6 +120,8 @@ def study(
         modes: Which of ``pretrained`` and ``scratch`` to run.
         max_events: Evaluate at most this many test events per cell.
         wandb_mode: Weights & Biases mode of every fine-tune (``disabled`` by default).
+        protocol: ``converged`` (early stopping within the budget) or ``equal-steps``.
+        max_steps: Step budget of every cell (default: see the module docstring).
     """
     out = Path(out)
     pretrained = Path(pretrained)
@@ -109,22 +135,48 @@ def study(
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise HepfmError(f"modes {unknown}: expected {list(MODES)}")
+    if protocol not in PROTOCOLS:
+        raise HepfmError(f"--protocol '{protocol}': expected one of {', '.join(PROTOCOLS)}")
+    if max_steps is not None and max_steps < 1:
+        raise HepfmError(f"--max-steps {max_steps}: must be at least 1")
     if "pretrained" in modes:
         find_checkpoint(pretrained)  # one clear line now rather than after the scratch cells
-    spec = {"task": task.model_dump(mode="json"), "pretrained": str(pretrained), "protocol": PROTOCOL}
+
+    store = _store_of(task)
+    selection = task_selection(task, store.schema)
+    n_train = {}
+    for f in fractions:
+        loader = EventLoader(
+            store, "train", task.train.batch_size, split_spec=task.split, fraction=f, selection=selection
+        )
+        n_train[f] = loader.n_events
+    budget = (
+        max_steps or task.train.max_steps or task.train.epochs * max(1, max(n_train.values()) // task.train.batch_size)
+    )
+    stopping = None
+    if protocol == "converged":
+        stopping = (task.train.early_stopping or EarlyStoppingSpec()).model_dump()
+    spec_protocol = {
+        "name": protocol,
+        "version": PROTOCOL_VERSION,
+        "max_steps": budget,
+        "early_stopping": stopping,
+        "scratch_backbone_lr_scale": 1.0,
+    }
+    spec = {"task": task.model_dump(mode="json"), "pretrained": str(pretrained), "protocol": spec_protocol}
     spec_file = out / "study.json"
+    cells_record: dict[str, Any] = {}
     if spec_file.is_file():
         old = json.loads(spec_file.read_text())
+        cells_record = old.pop("cells", {})
         if old != spec:
             raise HepfmError(
                 f"{spec_file}: this folder holds a study of another task, pretrained run or protocol; "
                 "choose another --out"
             )
     out.mkdir(parents=True, exist_ok=True)
-    write_json(spec_file, spec)
+    write_json(spec_file, {**spec, "cells": cells_record})
 
-    store = _store_of(task)
-    n_train = {f: sum(b - a for a, b in store.segments("train", task.split, f)) for f in fractions}
     cells = [(m, f, s) for f in fractions for s in range(seeds) for m in modes]
     for i, (mode, fraction, seed) in enumerate(cells, 1):
         cell = out / "cells" / _cell_name(mode, fraction, seed)
@@ -132,15 +184,42 @@ def study(
             err_console.print(f"[{i}/{len(cells)}] {cell.name}: finished, kept", highlight=False)
             continue
         err_console.print(
-            f"[{i}/{len(cells)}] {cell.name}: fine-tune on {n_train[fraction]} events, then evaluate", highlight=False
+            f"[{i}/{len(cells)}] {cell.name}: fine-tune on {n_train[fraction]} events "
+            f"({protocol}, budget {budget} steps), then evaluate",
+            highlight=False,
         )
         run = cell / "run"
         resume = (run / "checkpoints" / "last.safetensors").is_file()
-        train(_cell_task(task, mode, seed, pretrained), run, resume=resume, fraction=fraction, wandb_mode=wandb_mode)
+        cell_task = _cell_task(task, mode, seed, pretrained, spec_protocol)
+        if not (resume and _finished(run)):
+            train(cell_task, run, resume=resume, fraction=fraction, wandb_mode=wandb_mode)
         evaluate(run, out=cell / "eval", max_events=max_events)
-    rows = study_table(out, task, fractions, seeds, modes, n_train)
+        cells_record[cell.name] = _cell_compute(run)
+        write_json(spec_file, {**spec, "cells": cells_record})
+    rows = study_table(out, task, fractions, seeds, modes, n_train, pretraining_compute(pretrained))
     plots = _plot(out, task, rows)
     return StudyResult(out, rows, plots)
+
+
+def _finished(run: Path) -> bool:
+    """A cell's fine-tune ended (budget or early stopping) and wrote its summary."""
+    return (run / "train_summary.json").is_file()
+
+
+def _cell_compute(run: Path) -> dict[str, Any]:
+    """Steps taken, best step, events seen and fine-tune FLOPs of a cell's run."""
+    summary = json.loads((run / "train_summary.json").read_text())
+    return {k: summary.get(k) for k in (*COMPUTE, "stopped_early", "wall_s")}
+
+
+def pretraining_compute(pretrained: str | os.PathLike) -> dict[str, Any] | None:
+    """Events seen, FLOPs and wall time of a pretraining run (``None`` where it recorded none)."""
+    run = Path(pretrained)
+    file = (run if run.is_dir() else run.parent.parent) / "train_summary.json"
+    if not file.is_file():
+        return None
+    summary = json.loads(file.read_text())
+    return {k: summary.get(k) for k in ("steps", "events_seen", "flops", "wall_s")}
 
 
 def _headline(task: Task) -> dict[str, tuple[str, ...] | None]:
@@ -158,18 +237,28 @@ def study_table(
     seeds: int,
     modes: tuple[str, ...],
     n_train: dict[float, int],
+    pretraining: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Aggregate the finished cells: one row per (figure, mode, fraction) with median, min, max, n."""
+    """Aggregate the finished cells: one row per (figure, mode, fraction) with median, min, max, n.
+
+    Besides the metrics' figures, ``compute/*`` rows give each cell's steps, best step, events seen
+    and fine-tune FLOPs; ``pretraining`` (see ``pretraining_compute``) goes into the table header.
+    """
     values: dict[tuple[str, str, float], list[float]] = {}
     for mode in modes:
         for fraction in fractions:
             for seed in range(seeds):
-                file = out / "cells" / _cell_name(mode, fraction, seed) / "eval" / "metrics.json"
+                cell = out / "cells" / _cell_name(mode, fraction, seed)
+                file = cell / "eval" / "metrics.json"
                 if not file.is_file():
                     continue
                 for metric, figures in read_metrics(file).items():
                     for name, v in figures.items():
                         values.setdefault((f"{metric}/{name}", mode, fraction), []).append(v)
+                if (cell / "run" / "train_summary.json").is_file():
+                    for name, v in _cell_compute(cell / "run").items():
+                        if name in COMPUTE:
+                            values.setdefault((f"compute/{name}", mode, fraction), []).append(float(v or 0))
     rows = []
     for (figure, mode, fraction), vs in sorted(values.items(), key=lambda kv: (kv[0][0], kv[0][1], -kv[0][2])):
         a = np.asarray([v for v in vs if not math.isnan(v)])
@@ -192,7 +281,7 @@ def study_table(
     writer.writeheader()
     writer.writerows(rows)
     write_atomic(out / "table.csv", buf.getvalue())
-    write_atomic(out / "table.md", _markdown(task, rows, fractions, modes, n_train))
+    write_atomic(out / "table.md", _markdown(task, rows, fractions, modes, n_train, pretraining))
     return rows
 
 
@@ -200,8 +289,10 @@ def _headline_figures(task: Task, rows: list[dict[str, Any]]) -> list[str]:
     present = {r["figure"] for r in rows}
     figures = []
     for metric, names in _headline(task).items():
-        keys = names if names is not None else sorted({f.split("/", 1)[1] for f in present if f.startswith(metric)})
-        figures += [f"{metric}/{k}" for k in keys if f"{metric}/{k}" in present]
+        own = sorted(f.split("/", 1)[1] for f in present if f.startswith(f"{metric}/"))
+        # a headline name may be a pattern (``event_purity_*``); errors are not headline figures
+        keys = own if names is None else [k for n in names for k in own if fnmatch(k, n) and not k.endswith("_error")]
+        figures += [f"{metric}/{k}" for k in dict.fromkeys(keys)]
     return figures
 
 
@@ -215,18 +306,29 @@ def _is_baseline(figure: str) -> bool:
     return figure.split("/", 1)[1].startswith("baseline_")
 
 
-def _markdown(task: Task, rows, fractions, modes, n_train) -> str:
+def _markdown(task: Task, rows, fractions, modes, n_train, pretraining=None) -> str:
     index = {(r["figure"], r["mode"], r["fraction"]): r for r in rows}
     head = "| figure | mode | " + " | ".join(f"{f:g} ({n_train[f]} ev)" for f in fractions) + " |"
+    if pretraining:
+        compute = (
+            f"Pretraining: {pretraining.get('steps')} steps, {pretraining.get('events_seen') or 0:,} events seen, "
+            f"{pretraining.get('flops') or 0:.3g} FLOPs, {pretraining.get('wall_s') or 0:.0f} s wall time."
+        )
+    else:
+        compute = "Pretraining compute: not recorded by the pretrained run."
     lines = [
         f"# Data-efficiency study: {task.name}",
         "",
-        "Median over seeds [min, max]; columns: fraction of the training split (training events).",
+        "Median over seeds [min, max]; columns: fraction of the training split (training events"
+        + (f", after the selection {task.selection}" if task.selection else "")
+        + ").",
+        compute + " Fine-tune compute per cell: the compute/* rows (FLOPs: matmul-class, forward and backward).",
         "",
         head,
         "|" + "---|" * (len(fractions) + 2),
     ]
-    for figure in _headline_figures(task, rows):
+    compute_rows = [f"compute/{c}" for c in COMPUTE if any(r["figure"] == f"compute/{c}" for r in rows)]
+    for figure in _headline_figures(task, rows) + compute_rows:
         # a baseline does not depend on the mode or the training size: one row
         for mode in modes[:1] if _is_baseline(figure) else modes:
             cells = []
@@ -246,14 +348,20 @@ def _plot(out: Path, task: Task, rows: list[dict[str, Any]]) -> list[Path]:
         fig, ax = plt.subplots(figsize=(5, 3.8))
         for mode in sorted({r["mode"] for r in rows}):
             sel = sorted(
-                (r for r in rows if r["figure"] == figure and r["mode"] == mode), key=lambda r: r["train_events"]
-            )
+                (r for r in rows if r["figure"] == figure and r["mode"] == mode and math.isfinite(r["median"])),
+                key=lambda r: r["train_events"],
+            )  # an infinite rejection (no background event passes) has no place on the axis
             if not sel:
                 continue
             x = [r["train_events"] for r in sel]
             ax.plot(x, [r["median"] for r in sel], marker="o", label=mode)
-            ax.fill_between(x, [r["min"] for r in sel], [r["max"] for r in sel], alpha=0.2)
-        base = [r["median"] for r in rows if r["figure"] == _baseline_of(figure)]
+            lo = [r["min"] if math.isfinite(r["min"]) else r["median"] for r in sel]
+            hi = [r["max"] if math.isfinite(r["max"]) else r["median"] for r in sel]
+            ax.fill_between(x, lo, hi, alpha=0.2)
+        if not ax.lines:
+            plt.close(fig)
+            continue
+        base = [r["median"] for r in rows if r["figure"] == _baseline_of(figure) and math.isfinite(r["median"])]
         if base:
             ax.axhline(base[0], ls="--", c="k", label="classical baseline")
         ax.set_xscale("log")

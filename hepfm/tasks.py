@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from . import plugins
 from ._errors import HepfmError, TaskError
-from ._yaml import dotted, line_of, read_yaml
+from ._selection import Selection, SelectionError
+from ._yaml import dotted, line_of, located, read_yaml
 from .store import SplitSpec
 
 __all__ = [
@@ -25,9 +26,11 @@ __all__ = [
     "InitSpec",
     "ModelSpec",
     "TrainSpec",
+    "EarlyStoppingSpec",
     "StageSpec",
     "Task",
     "load_task",
+    "task_selection",
     "validate_files",
     "apply_overrides",
     "parse_override",
@@ -57,6 +60,9 @@ class InitSpec(_Strict):
     checkpoint: str
     skip_mismatched: bool = True
     freeze_backbone: bool = False
+    weights: Literal["ema", "raw"] | None = Field(
+        None, description="which weights of the checkpoint (default: those its best checkpoint was selected on)"
+    )
 
 
 class ModelSpec(_Strict):
@@ -81,6 +87,13 @@ class StageSpec(_Strict):
     )
 
 
+class EarlyStoppingSpec(_Strict):
+    """Stop when the validation loss has not improved for ``patience`` validation rounds."""
+
+    patience: int = Field(5, ge=1, description="validation rounds without improvement before stopping")
+    min_delta: float = Field(0.0, ge=0, description="an improvement smaller than this does not count")
+
+
 class TrainSpec(_Strict):
     """Optimisation and run settings."""
 
@@ -92,7 +105,11 @@ class TrainSpec(_Strict):
     weight_decay: float = Field(0.01, ge=0)
     warmup: float = Field(0.05, ge=0, lt=1, description="fraction of the steps spent warming up")
     grad_clip: float | None = Field(1.0, gt=0)
-    ema_decay: float = Field(0.999, ge=0, lt=1)
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA decay (warmed up: min(decay, (1+t)/(10+t)))")
+    select_on: Literal["ema", "raw"] = Field("ema", description="weights validated for best-checkpoint selection")
+    early_stopping: EarlyStoppingSpec | None = Field(
+        None, description="stop when validation stalls (max_steps or epochs is then the budget)"
+    )
     engine: Literal["local", "deepspeed"] = "local"
     zero_stage: int = Field(0, ge=0, le=3)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -116,6 +133,9 @@ class Task(_Strict):
     heads: dict[str, HeadSpec] = Field(default_factory=dict)
     train: TrainSpec = Field(default_factory=TrainSpec)
     metrics: list[Component] = Field(default_factory=list)
+    selection: list[str] = Field(
+        default_factory=list, description="event selection, cuts ANDed (e.g. 'n_jet >= 4'); every split"
+    )
 
     @model_validator(mode="after")
     def _stages_name_heads(self) -> Task:
@@ -134,6 +154,13 @@ class Task(_Strict):
         if isinstance(value, list):
             return [{"name": v} if isinstance(v, str) else v for v in value]
         return value
+
+    _source: str | None = PrivateAttr(None)
+    _lines: dict[tuple, int] = PrivateAttr(default_factory=dict)
+
+    def error(self, loc: tuple, message: str) -> HepfmError:
+        """One error line ``FILE:LINE: key: message`` for a key of this task (file known when loaded)."""
+        return HepfmError(located(self._source or f"task '{self.name}'", self._lines, loc, message))
 
     def to_yaml(self) -> str:
         """The resolved task (defaults filled in) as YAML."""
@@ -227,6 +254,35 @@ def _component_problems(data: dict[str, Any]) -> list[tuple[tuple, str]]:
     return problems
 
 
+def _selection_problems(data: dict[str, Any]) -> list[tuple[tuple, str]]:
+    """Syntax of every cut of ``selection`` (feature names are checked against the store's schema later)."""
+    cuts = data.get("selection")
+    if not isinstance(cuts, list) or not all(isinstance(c, str) for c in cuts):
+        return []  # structural error, reported by the Task model
+    problems = []
+    for i, cut in enumerate(cuts):
+        try:
+            Selection.parse([cut])
+        except SelectionError as exc:
+            problems.append((("selection", i), str(exc)))
+    return problems
+
+
+def task_selection(task: Task, schema) -> Selection | None:
+    """The task's event selection checked against a store's schema (``None`` when it selects nothing).
+
+    An unknown feature is one error line naming the task file, the line and ``selection.I``.
+    """
+    if not task.selection:
+        return None
+    try:
+        selection = Selection.parse(task.selection)
+        selection.check(schema)
+    except SelectionError as exc:
+        raise task.error(("selection", exc.index), str(exc)) from None
+    return selection
+
+
 def load_task(path: str | os.PathLike, overrides: list[str] | None = None) -> Task:
     """Read, override and validate a task file; raise ``TaskError`` listing every problem.
 
@@ -254,6 +310,7 @@ def load_task(path: str | os.PathLike, overrides: list[str] | None = None) -> Ta
         for err in exc.errors():
             problems.append((tuple(err["loc"]), err["msg"]))
     problems += _component_problems(data)
+    problems += _selection_problems(data)
     if problems:
         formatted, seen = [], set()
         for loc, msg in problems:
@@ -267,6 +324,7 @@ def load_task(path: str | os.PathLike, overrides: list[str] | None = None) -> Ta
             formatted.append(f"{origin}: {key}: {msg}")
         raise TaskError(formatted)
     task = Task.model_validate(data)
+    task._source, task._lines = where, lines
     regs = plugins.registries()
     task.dataset.params = (
         regs["dataset"].get(task.dataset.name).Params.model_validate(task.dataset.params).model_dump(mode="json")

@@ -34,10 +34,10 @@ from . import __version__, plugins
 from ._errors import HepfmError
 from ._files import write_atomic
 from ._progress import err_console, progress
-from .checkpoint import build_model, find_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import build_model, checkpoint_weights, find_checkpoint, load_checkpoint, save_checkpoint
 from .model import config_from_spec
 from .store import EventLoader, EventStore
-from .tasks import Task
+from .tasks import Task, task_selection
 
 __all__ = ["TrainResult", "train", "init_from", "model_config", "LocalEngine", "make_engine", "adamw"]
 
@@ -51,6 +51,10 @@ class TrainResult:
     best_val: float | None
     last_checkpoint: Path
     best_checkpoint: Path | None
+    best_step: int | None = None
+    stopped_early: bool = False
+    events_seen: int = 0
+    flops: float = 0.0
 
 
 def model_config(task: Task, store: EventStore) -> dict[str, Any]:
@@ -90,12 +94,15 @@ def _bind(name: str, params: dict[str, Any], store: EventStore) -> dict[str, Any
 
 
 def init_from(
-    model: torch.nn.Module, checkpoint: str | os.PathLike, skip_mismatched: bool = True
-) -> dict[str, list[str]]:
-    """Load matching tensors (EMA weights) of a pretrained run; report loaded, skipped and missing."""
+    model: torch.nn.Module, checkpoint: str | os.PathLike, skip_mismatched: bool = True, weights: str | None = None
+) -> dict[str, Any]:
+    """Load matching tensors of a pretrained run; report loaded, skipped and missing, and which weights.
+
+    ``weights``: ``ema`` or ``raw``; default: those the pretrained run selected its best checkpoint on.
+    """
     path = find_checkpoint(checkpoint, "best")
     ckpt = load_checkpoint(path)
-    source = ckpt["ema"] or ckpt["model"]
+    source, chosen = checkpoint_weights(ckpt, weights, str(path))
     theirs = ckpt["config"].get("backbone", {})
     mine = model.config.to_dict()
     differ = [
@@ -133,7 +140,7 @@ def init_from(
     missing = [k for k in own if k not in source and not k.startswith("normaliser.")]
     if not any(k.startswith("backbone.") for k in loaded):
         raise HepfmError(f"{path}: no backbone tensor matches this model (another preset or schema?)")
-    return {"checkpoint": str(path), "loaded": loaded, "skipped": skipped, "missing": missing}
+    return {"checkpoint": str(path), "weights": chosen, "loaded": loaded, "skipped": skipped, "missing": missing}
 
 
 class LocalEngine:
@@ -210,23 +217,43 @@ def make_engine(task: Task, model: torch.nn.Module, optimizer: torch.optim.Optim
 
 
 class _EMA:
-    """Exponential moving average of a model's parameters and buffers."""
+    """Exponential moving average of a model's parameters and buffers, with a warm-up of its decay.
+
+    Update ``t`` (0-based) uses ``decay_t = min(decay, (1 + t) / (10 + t))``: the first updates
+    weigh the new weights heavily, so the average never carries a sizeable share of the
+    initialisation (with a constant 0.999, 40 steps leave 96% of it). ``updates`` is the number of
+    updates done; a resumed run restores it with the weights.
+    """
 
     def __init__(self, model: torch.nn.Module, decay: float) -> None:
         import copy
 
         self.decay = decay
+        self.updates = 0
         self.model = copy.deepcopy(model).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
 
+    def decay_at(self, t: int) -> float:
+        """The decay used by update ``t``."""
+        return min(self.decay, (1 + t) / (10 + t))
+
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
+        d = self.decay_at(self.updates)
         for e, p in zip(self.model.state_dict().values(), model.state_dict().values(), strict=True):
             if e.dtype.is_floating_point:
-                e.mul_(self.decay).add_(p.detach(), alpha=1 - self.decay)
+                e.mul_(d).add_(p.detach(), alpha=1 - d)
             else:
                 e.copy_(p)
+        self.updates += 1
+
+
+def _flop_counter():
+    """Torch's FLOP counter (matmul-class operations, forward and backward) for one training step."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    return FlopCounterMode(display=False)
 
 
 def _lr_factor(step: int, total: int, warmup: float) -> float:
@@ -314,7 +341,13 @@ Trained with hepfm {__version__}. {task.description}
 - Data: `{task.dataset.params.get("path")}`, processes {config.get("processes")}
 - Steps: {result.get("steps")}, batch size {task.train.batch_size}, lr {task.train.lr}, EMA decay {task.train.ema_decay}
 - Stages: {[s.name for s in task.train.stages] or ["train"]}
-- Best validation loss (EMA weights): {result.get("best_val")}
+- Best validation loss ({result.get("selected_on")} weights): {result.get("best_val")} at step {result.get("best_step")}
+  {"(stopped early: validation stalled)" if result.get("stopped_early") else ""}
+- Events seen: {result.get("events_seen", 0):,}; training compute {result.get("flops", 0.0):.3g} FLOPs
+  (matmul-class operations, forward and backward, counted by torch's FLOP counter); wall time
+  {result.get("wall_s", 0.0):.0f} s
+- Event selection: {task.selection or "none"} (passing fraction of the training split:
+  {result.get("selected_fraction")})
 
 ## Files
 `checkpoints/best.safetensors` (EMA and raw weights, config, statistics; safetensors, no pickle),
@@ -356,6 +389,7 @@ def train(
                 f"{store.path}: head '{key}' needs target {missing[0]!r}; the store has {sorted(store.targets)}"
             )
     config = model_config(task, store)
+    selection = task_selection(task, store.schema)
     torch.manual_seed(t.seed)
     random.seed(t.seed)
     np.random.seed(t.seed % 2**32)
@@ -363,9 +397,9 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     report = None
     if task.init is not None and not resume:
-        report = init_from(model, task.init.checkpoint, task.init.skip_mismatched)
+        report = init_from(model, task.init.checkpoint, task.init.skip_mismatched, task.init.weights)
         err_console.print(
-            f"init from {report['checkpoint']}: loaded {len(report['loaded'])} tensors, "
+            f"init from {report['checkpoint']} ({report['weights']} weights): loaded {len(report['loaded'])} tensors, "
             f"skipped {len(report['skipped'])}, new {len(report['missing'])}",
             highlight=False,
         )
@@ -398,16 +432,19 @@ def train(
             rank=rank,
             world_size=engine.world_size,
             drop_last=True,
+            selection=selection,
         )
 
     train_loader = train_loader_of(engine.rank)
-    val_loader = EventLoader(store, "val", t.batch_size, False, t.seed, task.split)
+    val_loader = EventLoader(store, "val", t.batch_size, False, t.seed, task.split, selection=selection)
     # every rank takes the same number of steps per epoch
     per_epoch = min(len(train_loader_of(r)) for r in range(engine.world_size))
     if per_epoch == 0:
         raise HepfmError(f"{store.path}: the training split has fewer events than one batch ({t.batch_size})")
     total = t.max_steps or t.epochs * per_epoch
     step, epoch, position, best = 0, 0, 0, None
+    best_step, stalled, stopped, seen_total, flops, wall_before = None, 0, False, 0, 0.0, 0.0
+    flops_per_event: dict[str, float] = {}  # per stage, counted on its first step
     if resume:
         ckpt = load_checkpoint(last_path)
         if engine.optimizer is None or ckpt["optimizer"] is None:
@@ -421,6 +458,14 @@ def train(
         optimizer.load_state_dict(ckpt["optimizer"])
         st = ckpt["trainer"]
         step, epoch, position, best = st["step"], st["epoch"], st["position"], st["best_val"]
+        best_step, stalled, stopped = st.get("best_step"), st.get("stalled", 0), st.get("stopped_early", False)
+        seen_total, flops, flops_per_event = (
+            st.get("events_seen", 0),
+            st.get("flops", 0.0),
+            st.get("flops_per_event", {}),
+        )
+        ema.updates = st.get("ema_updates", step)
+        wall_before = st.get("wall_s", 0.0)
         metrics_file = out / "metrics.jsonl"
         if engine.is_main and metrics_file.exists():  # forget what was logged after the checkpoint
             kept = [x for x in metrics_file.read_text().splitlines() if x and json.loads(x).get("step", 0) <= step]
@@ -430,6 +475,7 @@ def train(
     if engine.rank > 0:  # every process draws its own noise; rank 0 keeps the run's stream
         torch.manual_seed(t.seed * 1_000_003 + engine.rank * 7919 + step)
 
+    t0 = time.perf_counter()
     run = _start_wandb(task, out, wandb_mode) if engine.is_main else None
     metrics_path = out / "metrics.jsonl"
     n_params = sum(p.numel() for p in model.parameters())
@@ -439,7 +485,22 @@ def train(
     )
 
     def checkpoint(name: str) -> Path:
-        state = {"step": step, "epoch": epoch, "position": position, "best_val": best, "rng": _rng_state()}
+        state = {
+            "step": step,
+            "epoch": epoch,
+            "position": position,
+            "best_val": best,
+            "best_step": best_step,
+            "stalled": stalled,
+            "stopped_early": stopped,
+            "selected_on": t.select_on,
+            "ema_updates": ema.updates,
+            "events_seen": seen_total,
+            "flops": flops,
+            "flops_per_event": flops_per_event,
+            "wall_s": wall_before + time.perf_counter() - t0,
+            "rng": _rng_state(),
+        }
         return save_checkpoint(
             out / "checkpoints" / f"{name}.safetensors",
             model,
@@ -451,10 +512,10 @@ def train(
         )
 
     model.train()
-    seen, t0 = 0, time.perf_counter()
+    seen = 0
     with progress(f"{task.name}", total, unit="steps") as advance:
         advance(step)
-        while step < total:
+        while step < total and not stopped:
             train_loader.set_epoch(epoch)
             for i, batch in enumerate(train_loader):
                 if i >= per_epoch:
@@ -470,17 +531,23 @@ def train(
                 for g in optimizer.param_groups:
                     g["lr"] = g["base_lr"] * factor
                 batch = batch.to(engine.device)
-                with engine.autocast():
-                    loss, parts, _ = model.loss(batch, heads)
-                if not torch.isfinite(loss):
-                    raise HepfmError(
-                        f"step {step}: loss is {float(loss)} (parts {parts}); lower train.lr or check the data"
-                    )
-                engine.step(loss)
+                counter = _flop_counter() if stage not in flops_per_event else contextlib.nullcontext()
+                with counter:
+                    with engine.autocast():
+                        loss, parts, _ = model.loss(batch, heads)
+                    if not torch.isfinite(loss):
+                        raise HepfmError(
+                            f"step {step}: loss is {float(loss)} (parts {parts}); lower train.lr or check the data"
+                        )
+                    engine.step(loss)
+                if counter is not None and hasattr(counter, "get_total_flops"):
+                    flops_per_event[stage] = counter.get_total_flops() / len(batch)
                 ema.update(model)
                 step += 1
                 position = i + 1
                 seen += len(batch) * engine.world_size
+                seen_total += len(batch) * engine.world_size
+                flops += flops_per_event.get(stage, 0.0) * len(batch) * engine.world_size
                 advance(1)
                 if step % t.log_every == 0 or step == total:
                     parts = engine.mean(parts)  # over the processes (every process must call it)
@@ -497,37 +564,67 @@ def train(
                     _append_jsonl(metrics_path, record)
                     if run is not None:
                         run.log(record, step=step)
-                if (step % t.val_every == 0 or step == total) and not engine.is_main:
-                    engine.barrier()  # the main process validates and writes the checkpoints
-                elif step % t.val_every == 0 or step == total:
-                    val = _validate(ema.model, val_loader, t.val_batches, heads)
+                validating = step % t.val_every == 0 or step == total
+                if validating:
+                    val = _validate(ema.model if t.select_on == "ema" else model, val_loader, t.val_batches, heads)
                     final_stage = not t.stages or stage == t.stages[-1].name  # best is chosen in the last stage
-                    improved = final_stage and (best is None or val["total"] < best)
-                    best = val["total"] if improved else best
+                    min_delta = t.early_stopping.min_delta if t.early_stopping else 0.0
+                    improved = final_stage and (best is None or val["total"] < best - min_delta)
+                    if improved:
+                        best, best_step, stalled = val["total"], step, 0
+                    elif final_stage:
+                        stalled += 1
+                    # every rank validates the same events, so every rank decides to stop alike
+                    stopped = t.early_stopping is not None and stalled >= t.early_stopping.patience
+                    model.train()
+                if validating and not engine.is_main:
+                    engine.barrier()  # the main process writes the logs and checkpoints
+                elif validating:
                     _append_jsonl(
-                        metrics_path, {"step": step, **{f"val/{k}": v for k, v in val.items()}, "best": improved}
+                        metrics_path,
+                        {"step": step, **{f"val/{k}": v for k, v in val.items()}, "best": improved, "stalled": stalled},
                     )
                     if run is not None:
                         run.log({f"val/{k}": v for k, v in val.items()}, step=step)
-                    model.train()
                     checkpoint("last")
                     if improved:
                         checkpoint("best")
                     engine.barrier()
-                if step >= total:
+                if step >= total or stopped:
                     break
+            if stopped:
+                err_console.print(
+                    f"early stopping at step {step}: no validation improvement for {stalled} rounds "
+                    f"(best at step {best_step})",
+                    highlight=False,
+                )
+                break
             if step < total:  # the epoch is over: next one from its first batch
                 epoch += 1
                 position = 0
     engine.close()
     if engine.is_main:
         checkpoint("last")
-        summary = {"steps": step, "best_val": best, "parameters": n_params}
+        summary = {
+            "steps": step,
+            "best_val": best,
+            "best_step": best_step,
+            "stopped_early": stopped,
+            "events_seen": seen_total,
+            "flops": flops,
+            "parameters": n_params,
+            "wall_s": wall_before + time.perf_counter() - t0,
+            "selected_on": t.select_on,
+            "selected_fraction": train_loader.selected_fraction,
+        }
+        write_atomic(out / "train_summary.json", json.dumps(summary, indent=2) + "\n")
         write_atomic(out / "MODEL_CARD.md", _model_card(out, task, config, summary))
     if run is not None:
         run.finish()
     best_path = out / "checkpoints" / "best.safetensors"
-    return TrainResult(out, step, best, last_path, best_path if best_path.exists() else None)
+    return TrainResult(
+        out, step, best, last_path, best_path if best_path.exists() else None, best_step, stopped, seen_total, flops
+    )
 
 
 def _start_wandb(task: Task, out: Path, mode: str):

@@ -223,6 +223,13 @@ def test_study_end_to_end_resumes_and_tabulates(tmp_path, cli, demo_store):
             for fraction in (1.0, 0.5):
                 assert cells[(figure, mode, fraction)] == 2, (figure, mode, fraction)
     assert "roc_auc/auc" in (out / "table.md").read_text() and (out / "plots" / "roc_auc__auc.png").exists()
+    # the protocol, and per cell the steps, best step, events seen and fine-tune FLOPs
+    spec = json.loads((out / "study.json").read_text())
+    assert spec["protocol"]["name"] == "converged" and spec["protocol"]["max_steps"] == 4
+    assert spec["protocol"]["early_stopping"]["patience"] == 5 and len(spec["cells"]) == 8
+    for cell in spec["cells"].values():
+        assert cell["steps"] == 4 and cell["best_step"] == 4 and cell["events_seen"] == 4 * 128 and cell["flops"] > 0
+    assert cells[("compute/flops", "scratch", 0.5)] == 2 and "compute/events_seen" in (out / "table.md").read_text()
     pre_cell = out / "cells" / "pretrained-f0.5-s1"
     assert json.loads((pre_cell / "run" / "init_report.json").read_text())["loaded"]
     assert not (out / "cells" / "scratch-f0.5-s1" / "run" / "init_report.json").exists()
@@ -246,3 +253,23 @@ def test_study_end_to_end_resumes_and_tabulates(tmp_path, cli, demo_store):
     # scratch cells train the whole network at the full learning rate
     assert "backbone_lr_scale: 1.0" in (out / "cells" / "scratch-f1-s0" / "run" / "task.yaml").read_text()
     assert "backbone_lr_scale: 0.1" in (pre_cell / "run" / "task.yaml").read_text()
+
+
+def test_event_purity_per_process_and_roc_against_named_backgrounds():
+    ev = _evaluation()  # events: bkg right, sig wrong, bkg right, sig not matchable
+    spec = {"groups": [[0], [4]], "processes": ["bkg", "sig"], "per_process": True, "multiplicity": [3, 4]}
+    p, _ = score(ev, [Component(name="pairing", params=spec)])
+    p = p["pairing"]
+    assert p["event_purity_bkg"] == 1.0 and p["n_matchable_bkg"] == 2
+    assert p["event_purity_sig"] == 0.0 and p["n_matchable_sig"] == 1  # the unmatchable event does not count
+    assert p["eff_matchable"] == pytest.approx(2 / 3)  # all processes together
+    with pytest.raises(Exception, match="per_process"):
+        score(ev, [Component(name="pairing", params={"groups": [[0], [4]], "per_process": True})])
+
+    # a third process that is neither signal nor named background is left out of the ROC
+    ev.targets["process"] = np.array([0, 1, 2, 1])
+    ev.processes.append("other")
+    ev.outputs["process"]["probabilities"] = np.array([[0.9, 0.1, 0], [0.2, 0.8, 0], [0.1, 0.9, 0], [0.1, 0.9, 0]])
+    mixed, _ = score(ev, [Component(name="roc_auc", params={"signal": ["sig"]})])
+    only_bkg, _ = score(ev, [Component(name="roc_auc", params={"signal": ["sig"], "background": ["bkg"]})])
+    assert mixed["roc_auc"]["auc"] < 1.0 and only_bkg["roc_auc"]["auc"] == 1.0

@@ -153,3 +153,22 @@ def test_training_commands_take_set_and_name_bad_input(tmp_path, cli):
     assert_one_line_error(
         cli("convert", tmp_path / "x.root", "--format", "delphes", "--out", tmp_path / "o.zarr"), "x.root"
     )
+
+
+def test_selection_syntax_and_unknown_features_are_one_line_each(tmp_path, cli, demo_store):
+    text = GOOD.replace("x.zarr", str(demo_store.path)) + 'selection: ["n_jet >= 4", "n_bjet >> 2", "eval(1) > 0"]\n'
+    with pytest.raises(TaskError) as e:
+        load_task(write(tmp_path, text))
+    path = tmp_path / "task.yaml"
+    assert len(e.value.problems) == 2  # every bad cut at once, each with file, line and key
+    assert e.value.problems[0].startswith(f"{path}:6: selection.1: ") and "n_bjet >> 2" in e.value.problems[0]
+    assert e.value.problems[1].startswith(f"{path}:6: selection.2: ")
+    r = cli("validate", path)
+    assert r.exit_code != 0 and "selection.1" in r.stdout + r.stderr
+
+    # an unknown feature is known only against the store's schema: refused when training starts
+    text = GOOD.replace("x.zarr", str(demo_store.path)).replace("num_classes: 3", "num_classes: 2")
+    path = write(tmp_path, text + "selection:\n  - n_jet >= 1\n  - n_jt >= 4\n", "unknown.yaml")
+    r = cli("finetune", path, "--out", tmp_path / "run", "--set", "model.preset=tiny", "--wandb", "disabled")
+    assert_one_line_error(r, f"{path}:8: selection.1:", "unknown feature 'n_jt'", "n_bjet")
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -59,6 +59,12 @@ def test_sigkill_then_resume_gives_the_same_losses(tmp_path, demo_store):
     assert "resumed" in r.stderr and "at step 20" in r.stderr
     a, b = _losses(tmp_path / "a" / "metrics.jsonl"), _losses(metrics)
     assert [a[s] for s in range(21, 41)] == [b[s] for s in range(21, 41)]  # exactly, the next 20 steps
+    # the EMA (with its warm-up counter) resumes exactly too
+    from hepfm.checkpoint import load_checkpoint
+
+    ema_a = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.safetensors")["ema"]
+    ema_b = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.safetensors")["ema"]
+    assert ema_a.keys() == ema_b.keys() and all(ema_a[k].equal(ema_b[k]) for k in ema_a)
 
     # a finished run is not overwritten, and --resume needs a run
     r = subprocess.run(_hepfm(*args, "--out", tmp_path / "a"), env=env, capture_output=True, text=True)
@@ -242,3 +248,67 @@ def test_bench_train_small_run(tmp_path):
 
     r = bench_train(presets=("tiny",), steps=3, batch_size=32, directory=tmp_path)
     assert r["tiny"]["events_per_s"] > 0 and r["engine"] == "local"
+
+
+def _backbone(state):
+    return {k: v.float() for k, v in state.items() if k.startswith("backbone.") and v.dtype.is_floating_point}
+
+
+def _distance(a, b):
+    return sum(float((a[k] - b[k]).pow(2).sum()) for k in a) ** 0.5
+
+
+def test_ema_warm_up_follows_the_trained_weights(tmp_path, cli, demo_store):
+    """After 40 steps of a default fine-tune (EMA decay 0.999) the EMA has left the initial backbone."""
+    from hepfm.checkpoint import load_checkpoint
+
+    task = ROOT / "tasks" / "demo_classify.yaml"
+    common = [*TINY, "--set", "train.batch_size=64", "--set", "train.val_batches=1"]
+    r = cli(
+        "finetune", task, "--data", demo_store.path, "--out", tmp_path / "pre", *common, "--set", "train.max_steps=4"
+    )
+    assert r.exit_code == 0, r.stderr
+    r = cli(
+        "finetune", task, "--data", demo_store.path, "--out", tmp_path / "ft", "--init", tmp_path / "pre",
+        *common, "--set", "train.max_steps=40", "--set", "train.val_every=40",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    assert json.loads((tmp_path / "ft" / "init_report.json").read_text())["weights"] == "ema"  # named in the report
+    start = _backbone(load_checkpoint(tmp_path / "pre" / "checkpoints" / "best.safetensors")["ema"])
+    end = load_checkpoint(tmp_path / "ft" / "checkpoints" / "last.safetensors")
+    assert end["trainer"]["ema_updates"] == 40 and end["trainer"]["selected_on"] == "ema"
+    raw, ema = _distance(_backbone(end["model"]), start), _distance(_backbone(end["ema"]), start)
+    assert raw > 0 and ema >= 0.5 * raw, (ema, raw)
+
+    # evaluate scores the weights asked for, and says which in metrics.json
+    for weights in ("raw", "ema"):
+        r = cli("evaluate", tmp_path / "ft", "--weights", weights, "--max-events", 300, "--out", tmp_path / weights)
+        assert r.exit_code == 0, r.stderr
+        assert json.loads((tmp_path / weights / "metrics.json").read_text())["weights"] == weights
+    raw_auc = json.loads((tmp_path / "raw" / "metrics.json").read_text())["metrics"]["roc_auc"]["auc"]
+    assert raw_auc != json.loads((tmp_path / "ema" / "metrics.json").read_text())["metrics"]["roc_auc"]["auc"]
+    r = cli("evaluate", tmp_path / "ft", "--max-events", 300)  # default: the weights best was selected on
+    assert json.loads((tmp_path / "ft" / "eval" / "metrics.json").read_text())["weights"] == "ema"
+    assert_one_line_error(cli("evaluate", tmp_path / "ft", "--weights", "both"), "weights 'both'")
+
+
+def test_early_stopping_stops_a_stalled_run_and_keeps_patience_across_resume(tmp_path, cli, demo_store):
+    task = ROOT / "tasks" / "demo_classify.yaml"
+    # min_delta so large that only the first validation counts as an improvement
+    args = [task, "--data", demo_store.path, *TINY, "--set", "train.batch_size=64", "--set", "train.val_batches=1"]
+    args += ["--set", "train.val_every=2", "--set", "train.early_stopping.patience=3"]
+    args += ["--set", "train.early_stopping.min_delta=1e9"]
+    r = cli("finetune", *args, "--out", tmp_path / "a", "--set", "train.max_steps=100")
+    assert r.exit_code == 0, r.stderr
+    assert "early stopping at step 8" in r.stderr  # improved at 2, stalled at 4, 6, 8
+    summary = json.loads((tmp_path / "a" / "train_summary.json").read_text())
+    assert summary["steps"] == 8 and summary["best_step"] == 2 and summary["stopped_early"]
+    assert summary["events_seen"] == 8 * 64 and summary["flops"] > 0
+
+    # a run cut by its budget at step 6 (two stalled rounds) resumed with a larger budget stops at 8, not 12
+    r = cli("finetune", *args, "--out", tmp_path / "b", "--set", "train.max_steps=6")
+    assert r.exit_code == 0 and "early stopping" not in r.stderr, r.stderr
+    r = cli("finetune", *args, "--out", tmp_path / "b", "--set", "train.max_steps=100", "--resume")
+    assert r.exit_code == 0, r.stderr
+    assert "early stopping at step 8" in r.stderr
+    assert json.loads((tmp_path / "b" / "train_summary.json").read_text())["events_seen"] == 8 * 64

@@ -50,6 +50,9 @@ class RocAuc:
     class Params(Params):
         head: str | None = Field(None, description="classification head key (default: the only one)")
         signal: list[int | str] = Field([1], description="signal processes, by index or name")
+        background: list[int | str] | None = Field(
+            None, description="background processes (default: every process that is not signal)"
+        )
         target: str = "process"
         signal_efficiency: float = Field(0.25, gt=0, le=1, description="working point for the rejection")
 
@@ -59,30 +62,33 @@ class RocAuc:
     def _scores(self, ev: Evaluation) -> tuple[np.ndarray, np.ndarray]:
         _, out = ev.head(self.params.head, "classification")
         signal = ev.process_indices(self.params.signal)
-        is_signal = np.isin(ev.truth(self.params.target), signal)
+        truth = ev.truth(self.params.target)
+        is_signal = np.isin(truth, signal)
+        keep = np.ones(len(truth), bool)
+        if self.params.background is not None:
+            keep = is_signal | np.isin(truth, ev.process_indices(self.params.background))
+        is_signal, weights = is_signal[keep], ev.weights[keep]
         if is_signal.all() or not is_signal.any():
             raise ValueError("roc_auc needs both signal and background events")
-        return is_signal, out["probabilities"][:, signal].sum(1)
+        return is_signal, out["probabilities"][keep][:, signal].sum(1), weights
 
     def compute(self, ev: Evaluation) -> dict[str, float]:
-        is_signal, score = self._scores(ev)
-        auc = roc_auc_score(is_signal, score, sample_weight=ev.weights)
-        rejection = ph.rejection_at(is_signal, score, ev.weights, self.params.signal_efficiency)
+        is_signal, score, weights = self._scores(ev)
+        auc = roc_auc_score(is_signal, score, sample_weight=weights)
+        rejection = ph.rejection_at(is_signal, score, weights, self.params.signal_efficiency)
         # binomial error of eps_B on the background's effective number of events, propagated to 1/eps_B
-        n_eff = ph.effective_entries(ev.weights[~is_signal])
+        n_eff = ph.effective_entries(weights[~is_signal])
         eps_b = 1.0 / rejection
         error = rejection**2 * float(np.sqrt(eps_b * (1.0 - eps_b) / n_eff)) if eps_b > 0 else float("nan")
         return {"auc": float(auc), "rejection": rejection, "rejection_error": error}
 
     def plot(self, ev: Evaluation, out: Path) -> list[Path]:
         plt = pyplot()
-        is_signal, score = self._scores(ev)
-        fpr, tpr, _ = roc_curve(is_signal, score, sample_weight=ev.weights)
+        is_signal, score, weights = self._scores(ev)
+        fpr, tpr, _ = roc_curve(is_signal, score, sample_weight=weights)
         keep = fpr > 0
         fig, ax = plt.subplots(figsize=(4.8, 3.8))
-        ax.plot(
-            tpr[keep], 1.0 / fpr[keep], label=f"AUC {roc_auc_score(is_signal, score, sample_weight=ev.weights):.3f}"
-        )
+        ax.plot(tpr[keep], 1.0 / fpr[keep], label=f"AUC {roc_auc_score(is_signal, score, sample_weight=weights):.3f}")
         wp = self.params.signal_efficiency
         ax.axvline(wp, ls=":", c="grey", label=f"eps_S = {wp:g}")
         ax.set_yscale("log")
@@ -126,6 +132,11 @@ class Pairing:
 
     With ``baseline: min_mlb`` the classical dilepton ttbar pairing (two highest b-score jets,
     smallest m(l+ b) + m(l- b)) is scored on the same events.
+
+    With ``per_process``, SPANet's and EveNet's *event purity* (every resonance right, over events
+    whose daughters are all matched: ``eff_matchable``) is also given for each of ``processes``
+    separately (``event_purity_NAME``, its binomial error and ``n_matchable_NAME``), e.g. per
+    mass point of a signal.
     """
 
     name: ClassVar[str] = "pairing"
@@ -136,6 +147,7 @@ class Pairing:
         "pair_purity",
         "baseline_eff_matchable",
         "baseline_eff_all",
+        "event_purity_*",
     )
 
     class Params(Params):
@@ -148,6 +160,7 @@ class Pairing:
             [2, 3, 4, 5, 6], description="jet-multiplicity bins; the first is 'at most', the last 'at least'"
         )
         baseline: Literal["none", "min_mlb"] = "none"
+        per_process: bool = Field(False, description="event purity for each of `processes` separately")
 
         @model_validator(mode="after")
         def _check(self):
@@ -155,6 +168,8 @@ class Pairing:
                 raise ValueError("groups: give the columns of at least one resonance")
             if self.multiplicity != sorted(set(self.multiplicity)):
                 raise ValueError("multiplicity: bins must be increasing")
+            if self.per_process and not self.processes:
+                raise ValueError("per_process: name the processes to score one by one")
             if self.baseline == "min_mlb" and [len(g) for g in self.groups] != [1, 1]:
                 raise ValueError("baseline min_mlb pairs two b jets: groups must be [[b of t], [b of tbar]]")
             return self
@@ -207,6 +222,18 @@ class Pairing:
                 in_bin = sel & (bins == b)
                 out[f"{prefix}eff_matchable_nj{label}"] = ph.efficiency(correct, w, in_bin & matchable)
                 out[f"{prefix}eff_all_nj{label}"] = ph.efficiency(correct, w, in_bin)
+            if self.params.per_process:
+                truth = ev.truth("process")
+                for name, index in zip(self.params.processes, ev.process_indices(self.params.processes), strict=True):
+                    label = name if isinstance(name, str) else ev.processes[index]
+                    of = (truth == index) & matchable
+                    purity = ph.efficiency(correct, w, of)
+                    n_eff = ph.effective_entries(w[of]) if of.any() else 0.0
+                    out[f"{prefix}event_purity_{label}"] = purity
+                    out[f"{prefix}event_purity_{label}_error"] = (
+                        float(np.sqrt(purity * (1 - purity) / n_eff)) if n_eff > 0 else float("nan")
+                    )
+                    out[f"{prefix}n_matchable_{label}"] = float(of.sum())
         return out
 
     def _matchable(self, ev: Evaluation) -> np.ndarray:
