@@ -426,6 +426,9 @@ def study(
         str, typer.Option(help="converged (early stopping within the budget) | equal-steps")
     ] = "converged",
     max_steps: Annotated[int | None, typer.Option(help="step budget of every cell")] = None,
+    modes: Annotated[str, typer.Option(help="comma-separated: pretrained, scratch (ablations: pretrained)")] = (
+        "pretrained,scratch"
+    ),
     set_: SetOpt = None,
 ) -> None:
     """Pretrained vs from-scratch fine-tunes at several training fractions and seeds; table and plots."""
@@ -439,8 +442,9 @@ def study(
     err_console.print(
         f"study {resolved.name}: fractions {values}, {seeds} seeds, pretrained {pretrained} -> {out}", markup=False
     )
+    chosen = tuple(m.strip() for m in modes.split(",") if m.strip())
     r = run_study(
-        resolved, pretrained, out, values, seeds, max_events=max_events, protocol=protocol, max_steps=max_steps
+        resolved, pretrained, out, values, seeds, chosen, max_events=max_events, protocol=protocol, max_steps=max_steps
     )
     console.print((out / "table.md").read_text(), markup=False)
     console.print(f"wrote {out}/table.md, table.csv, table.json and {len(r.plots)} plots in {out}/plots", markup=False)

@@ -45,7 +45,7 @@ from ._errors import HepfmError
 from ._files import write_atomic, write_json
 from ._plots import pyplot, save_figure
 from ._progress import err_console
-from .checkpoint import find_checkpoint
+from .checkpoint import find_checkpoint, load_checkpoint
 from .evaluate import _json_value, evaluate, read_metrics
 from .store import EventLoader
 from .tasks import EarlyStoppingSpec, InitSpec, Task, task_selection
@@ -213,13 +213,18 @@ def _cell_compute(run: Path) -> dict[str, Any]:
 
 
 def pretraining_compute(pretrained: str | os.PathLike) -> dict[str, Any] | None:
-    """Events seen, FLOPs and wall time of a pretraining run (``None`` where it recorded none)."""
-    run = Path(pretrained)
-    file = (run if run.is_dir() else run.parent.parent) / "train_summary.json"
-    if not file.is_file():
-        return None
-    summary = json.loads(file.read_text())
-    return {k: summary.get(k) for k in ("steps", "events_seen", "flops", "wall_s")}
+    """Steps, events seen, FLOPs and wall time of a pretraining run (``None`` where it recorded none).
+
+    A run folder gives its whole run (``train_summary.json``); a checkpoint file (e.g. an
+    intermediate ``step-N`` one, for a pretraining-length ablation) gives the compute up to it.
+    """
+    path = Path(pretrained)
+    keys = ("steps", "events_seen", "flops", "wall_s")
+    if path.is_dir():
+        file = path / "train_summary.json"
+        return {k: json.loads(file.read_text()).get(k) for k in keys} if file.is_file() else None
+    state = (load_checkpoint(path).get("trainer") or {}) if path.is_file() else {}
+    return {k: state.get("step" if k == "steps" else k) for k in keys} if "events_seen" in state else None
 
 
 def _headline(task: Task) -> dict[str, tuple[str, ...] | None]:

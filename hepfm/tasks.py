@@ -115,6 +115,9 @@ class TrainSpec(_Strict):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     seed: int = 0
     val_every: int = Field(200, ge=1, description="steps between validations and checkpoints")
+    keep_every: int | None = Field(
+        None, ge=1, description="also keep checkpoints/step-N.safetensors every N steps (pretraining-length studies)"
+    )
     val_batches: int | None = Field(20, ge=1, description="batches per validation (None: the whole split)")
     log_every: int = Field(10, ge=1)
     num_workers: int = Field(0, ge=0)
@@ -192,18 +195,31 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set dotted keys in a raw task mapping (before validation, so validation covers them)."""
+    """Set dotted keys in a raw task mapping (before validation, so validation covers them).
+
+    A numeric part indexes a list: ``train.stages.0.mask_fraction=[0.5,0.5]``.
+    """
     for text in overrides:
         path, value = parse_override(text)
         node = data
-        for part in path[:-1]:
-            child = node.get(part) if isinstance(node, dict) else None
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise TaskError([f"--set {text}: '{part}' is not a mapping"])
-            node = child
-        node[path[-1]] = value
+        for depth, part in enumerate(path):
+            last = depth == len(path) - 1
+            if isinstance(node, list):
+                if not (part.isdigit() and int(part) < len(node)):
+                    raise TaskError([f"--set {text}: '{part}' is not an index of a {len(node)}-element list"])
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+                continue
+            if not isinstance(node, dict):
+                raise TaskError([f"--set {text}: '{path[depth - 1]}' is not a mapping"])
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
     return data
 
 

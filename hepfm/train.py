@@ -11,6 +11,8 @@ Run folder::
     RUN/task.yaml            the resolved task
     RUN/metrics.jsonl        one JSON line per log step and per validation
     RUN/checkpoints/last.safetensors, best.safetensors   (see hepfm.checkpoint)
+    RUN/checkpoints/step-N.safetensors                   with train.keep_every = N
+    RUN/train_summary.json   steps, best step, early stop, events seen, FLOPs, wall time
     RUN/init_report.json     fine-tunes: which tensors were loaded and which skipped
     RUN/MODEL_CARD.md
 """
@@ -590,6 +592,8 @@ def train(
                     if improved:
                         checkpoint("best")
                     engine.barrier()
+                if engine.is_main and t.keep_every and step % t.keep_every == 0:
+                    checkpoint(f"step-{step}")  # kept: a pretraining-length ablation fine-tunes from each
                 if step >= total or stopped:
                     break
             if stopped:

@@ -46,6 +46,11 @@ def test_overrides_are_typed_and_validated(tmp_path):
     assert e.value.problems == [f"{path} (--set): train.max_stepz: Extra inputs are not permitted"]
     with pytest.raises(TaskError, match="expected key=value"):
         load_task(path, ["train.max_steps"])
+    # a numeric part indexes a list (one stage's masking schedule, for ablations)
+    pre = ROOT / "tasks" / "pretrain.yaml"
+    assert load_task(pre, ["train.stages.0.mask_fraction=[0.5,0.5]"]).train.stages[0].mask_fraction == (0.5, 0.5)
+    with pytest.raises(TaskError, match="not an index of a 2-element list"):
+        load_task(pre, ["train.stages.2.heads=[visible]"])
 
 
 def test_all_errors_reported_at_once_with_lines(tmp_path):

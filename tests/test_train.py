@@ -270,7 +270,7 @@ def test_ema_warm_up_follows_the_trained_weights(tmp_path, cli, demo_store):
     assert r.exit_code == 0, r.stderr
     r = cli(
         "finetune", task, "--data", demo_store.path, "--out", tmp_path / "ft", "--init", tmp_path / "pre",
-        *common, "--set", "train.max_steps=40", "--set", "train.val_every=40",
+        *common, "--set", "train.max_steps=40", "--set", "train.val_every=40", "--set", "train.keep_every=20",
     )  # fmt: skip
     assert r.exit_code == 0, r.stderr
     assert json.loads((tmp_path / "ft" / "init_report.json").read_text())["weights"] == "ema"  # named in the report
@@ -279,6 +279,13 @@ def test_ema_warm_up_follows_the_trained_weights(tmp_path, cli, demo_store):
     assert end["trainer"]["ema_updates"] == 40 and end["trainer"]["selected_on"] == "ema"
     raw, ema = _distance(_backbone(end["model"]), start), _distance(_backbone(end["ema"]), start)
     assert raw > 0 and ema >= 0.5 * raw, (ema, raw)
+
+    # intermediate checkpoints for pretraining-length ablations carry the compute up to them
+    from hepfm.study import pretraining_compute
+
+    kept = tmp_path / "ft" / "checkpoints" / "step-20.safetensors"
+    assert kept.is_file() and (tmp_path / "ft" / "checkpoints" / "step-40.safetensors").is_file()
+    assert pretraining_compute(kept)["events_seen"] == 20 * 64 and pretraining_compute(tmp_path / "ft")["steps"] == 40
 
     # evaluate scores the weights asked for, and says which in metrics.json
     for weights in ("raw", "ema"):
