@@ -18,14 +18,14 @@ demo: $(BIN)/hepfm-installed
 	$(BIN)/hepfm plugins
 	$(BIN)/hepfm generate ttbar_dilepton ttbar_semileptonic qcd_multijet wjets zjets --events 4000 --fast \
 		--workers 2 --chunk-events 800 --seed 1 --out $(DEMO)/pretrain.zarr --overwrite
-	$(BIN)/hepfm generate ttbar_dilepton --events 2000 --fast --workers 2 --chunk-events 500 --seed 2 \
+	$(BIN)/hepfm generate ttbar_dilepton --events 16000 --fast --workers 2 --chunk-events 2000 --seed 2 \
 		--out $(DEMO)/ttbar_dilepton.zarr --overwrite
 	$(BIN)/hepfm inspect $(DEMO)/pretrain.zarr --plots $(DEMO)/plots
 	rm -rf $(DEMO)/runs $(DEMO)/latents.zarr
 	$(BIN)/hepfm pretrain --data $(DEMO)/pretrain.zarr --out $(DEMO)/runs/pretrain $(TINY) \
 		--set train.max_steps=80 --set train.val_every=40
 	$(BIN)/hepfm finetune tasks/qe_ttbar.yaml --init $(DEMO)/runs/pretrain --data $(DEMO)/ttbar_dilepton.zarr \
-		--out $(DEMO)/runs/qe_ttbar $(TINY) --set train.max_steps=40 --set train.val_every=20
+		--out $(DEMO)/runs/qe_ttbar $(TINY) --set train.max_steps=400 --set train.val_every=50
 	$(BIN)/hepfm evaluate $(DEMO)/runs/qe_ttbar
 	$(BIN)/hepfm embed $(DEMO)/runs/pretrain --data $(DEMO)/pretrain.zarr --out $(DEMO)/latents.zarr --pca 16
 	$(BIN)/hepfm probe $(DEMO)/latents.zarr --target process --epochs 20

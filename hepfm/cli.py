@@ -338,12 +338,15 @@ def embed(
     pca: Annotated[int | None, typer.Option(help="also store K principal components (fitted on the val split)")] = None,
     batch_size: Annotated[int, typer.Option(help="events per batch")] = 1024,
     overwrite: Annotated[bool, typer.Option(help="replace an existing latents store")] = False,
+    select: Annotated[
+        list[str] | None, typer.Option("--select", help="a cut, e.g. 'n_jet >= 4' (repeat: ANDed); only passing events")
+    ] = None,
 ) -> None:
     """Write frozen per-object and per-event latents (EMA weights) to a Zarr store."""
     from .embed import embed as run_embed
 
     err_console.print(f"embed {data} with {run} -> {out}" + (f" (PCA {pca})" if pca else ""), markup=False)
-    r = run_embed(run, data, out, pca=pca, batch_size=batch_size, overwrite=overwrite)
+    r = run_embed(run, data, out, pca=pca, batch_size=batch_size, overwrite=overwrite, selection=select)
     extra = f"; PCA keeps {100 * r.pca_explained:.1f}% of the object-latent variance" if r.pca_explained else ""
     console.print(f"wrote latents of {r.n_events} events ({r.latent_dim} dims) to {r.path}{extra}", markup=False)
 
@@ -355,12 +358,16 @@ def probe(
     seeds: Annotated[int, typer.Option(help="seeds; the 3 with the lowest validation loss are kept")] = 5,
     pca: Annotated[bool, typer.Option("--pca", help="probe the PCA projections instead of the raw latents")] = False,
     epochs: Annotated[int, typer.Option(help="training epochs per seed")] = 50,
+    signal: Annotated[
+        str | None, typer.Option(help="comma-separated signal processes: report the signal-vs-rest AUC")
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the report here")] = None,
 ) -> None:
     """Fit a linear probe on frozen latents and report its test metric (median and IQR over seeds)."""
     from .embed import probe as run_probe
 
-    r = run_probe(latents, target, seeds=seeds, epochs=epochs, use_pca=pca)
+    signals = [x.strip() for x in signal.split(",") if x.strip()] if signal else None
+    r = run_probe(latents, target, seeds=seeds, epochs=epochs, use_pca=pca, signal=signals)
     console.print(
         f"probe {r['kind']} on {r['level']} {r['features']} -> {r['target']}: test {r['metric']} "
         f"{r['median']:.4f} (IQR {r['iqr']:.4f}, best {r['kept']} of {r['seeds']} seeds by validation loss; "

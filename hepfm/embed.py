@@ -1,14 +1,17 @@
 """Frozen latents (``hepfm embed``) and linear probes on them (``hepfm probe``).
 
-``embed`` streams per-object and per-event latents of the EMA weights into a Zarr store, event by
-event in store order, with the events' targets, globals, weights and split carried along. With
+``embed`` streams per-object and per-event latents (of the weights the run selected its best
+checkpoint on, normally the warmed-up EMA) into a Zarr store, event by event in store order, with
+the events' targets, globals, weights, split and index in the source store carried along. With a
+``selection`` (cuts as in a task's ``selection:``) only the events that pass are embedded. With
 ``pca=K`` an IncrementalPCA is fitted on a held-out slice (the validation split, as in the MLPF
 latents paper) and the projections are stored beside the raw latents with the explained variance.
 
 ``probe`` trains a single linear layer on the latents (logistic for integer targets, linear for
 real ones), per event or per object, with several seeds; following the MLPF protocol it keeps the
 three seeds with the lowest validation loss and reports the median and interquartile range of
-the test metric.
+the test metric. With ``signal`` (process names) a process probe also reports the signal-vs-rest
+AUC of the summed signal probabilities, the figure a fine-tuned classifier's ``roc_auc`` gives.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import zarr.codecs
 
 from ._errors import HepfmError
 from ._progress import progress
+from ._selection import Selection
 from .checkpoint import find_checkpoint, load_model
 from .store import EventLoader, EventStore, SplitSpec
 
@@ -66,8 +70,9 @@ def embed(
     pca_events: int = 50_000,
     which: str = "best",
     overwrite: bool = False,
+    selection: list[str] | None = None,
 ) -> EmbedResult:
-    """Write the frozen latents of every event of ``data`` (see module docstring)."""
+    """Write the frozen latents of every event of ``data`` that passes ``selection`` (see module docstring)."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise HepfmError(f"{out}: exists; choose another --out or pass --overwrite")
@@ -82,7 +87,13 @@ def embed(
 
         task_split = SplitSpec.model_validate((yaml.safe_load(task_file.read_text()) or {}).get("split", {}))
     d = model.config.dim
-    n = store.n_events
+    cuts = Selection.parse(selection or [])
+    if cuts:
+        cuts.check(store.schema)
+    keep = cuts.store_mask(store) if cuts else np.ones(store.n_events, bool)
+    n = int(keep.sum())
+    if n == 0:
+        raise HepfmError(f"{store.path}: the selection {list(cuts.cuts)} leaves no events")
     if pca is not None and not 1 <= pca <= d:
         raise HepfmError(f"--pca {pca}: must be between 1 and the latent width {d}")
 
@@ -92,7 +103,7 @@ def embed(
 
         fitted = {"event": IncrementalPCA(pca), "object": IncrementalPCA(pca)}
         seen = 0
-        loader = EventLoader(store, "val", batch_size, shuffle=False, split_spec=task_split)
+        loader = EventLoader(store, "val", batch_size, shuffle=False, split_spec=task_split, selection=cuts)
         for batch in loader:
             if len(batch) < pca:
                 continue
@@ -128,16 +139,18 @@ def embed(
         "globals": array("globals", (store.schema.n_global_features,), "float32"),
         "weights": array("weights", (), "float32"),
         "split": array("split", (), "int8"),
+        "event_index": array("event_index", (), "int64"),
     }
     for name, spec in store.targets.items():
         arrays[f"targets/{name}"] = array(f"targets/{name}", tuple(spec["shape"]), spec["dtype"])
     if fitted is not None:
         arrays["object_latents_pca"] = array("object_latents_pca", (n_obj, pca), "float32")
         arrays["event_latents_pca"] = array("event_latents_pca", (pca,), "float32")
-    splits = _split_labels(store, task_split)
+    splits = _split_labels(store, task_split)[keep]
+    index = np.flatnonzero(keep)
     pos = 0
     with progress("embed", n) as advance:
-        for batch in EventLoader(store, "all", batch_size, shuffle=False):
+        for batch in EventLoader(store, "all", batch_size, shuffle=False, selection=cuts):
             objects, event = _latents(model, batch)
             b = len(batch)
             sl = slice(pos, pos + b)
@@ -148,6 +161,7 @@ def embed(
             arrays["globals"][sl] = batch.globals.numpy()
             arrays["weights"][sl] = batch.weights.numpy()
             arrays["split"][sl] = splits[sl]
+            arrays["event_index"][sl] = index[sl]
             for name, value in batch.targets.items():
                 arrays[f"targets/{name}"][sl] = value.numpy()
             if fitted is not None:
@@ -169,6 +183,8 @@ def embed(
         "global_names": store.schema.global_names,
         "heads": config["heads"],
         "split": task_split.model_dump(),
+        "selection": list(cuts.cuts),
+        "weights": model.weights,
     }
     explained = None
     if fitted is not None:
@@ -236,11 +252,22 @@ def probe(
     epochs: int = 50,
     use_pca: bool = False,
     max_events: int = 500_000,
+    signal: list[str] | None = None,
 ) -> dict[str, Any]:
     """A linear probe of ``target`` on frozen latents (see module docstring); returns the report."""
     g = open_latents(latents)
     x, y, split, per_object = _features_and_target(g, target, use_pca, max_events)
     classify = np.issubdtype(y.dtype, np.integer) or y.dtype == bool
+    signal_ids = None
+    if signal:
+        processes = list(g.attrs.get("processes", []))
+        unknown = [s for s in signal if s not in processes]
+        if target != "process" or per_object or unknown:
+            raise HepfmError(
+                f"--signal {','.join(signal)}: needs --target process and process names of the latents' data "
+                f"({', '.join(processes)})"
+            )
+        signal_ids = [processes.index(s) for s in signal]
     if classify and y.ndim != 1:
         raise HepfmError(
             f"{latents}: --target '{target}' holds {y.shape[1]} integers per event; a probe needs one label per "
@@ -253,6 +280,8 @@ def probe(
         classes = np.unique(y)
         if len(classes) < 2:
             raise HepfmError(f"--target '{target}': needs at least two classes, found {classes.tolist()}")
+        is_signal = np.isin(y, signal_ids) if signal_ids is not None else None
+        signal_columns = np.flatnonzero(np.isin(classes, signal_ids)) if signal_ids is not None else None
         y = np.searchsorted(classes, y)
     parts = {name: split == code for name, code in SPLIT_CODES.items()}
     if min(p.sum() for p in parts.values()) == 0:
@@ -292,16 +321,20 @@ def probe(
                     res[f"{name}_loss"] = float(torch.nn.functional.cross_entropy(out, yt[m]))
                     prob = out.softmax(-1).numpy()
                     res[f"{name}_accuracy"] = float((prob.argmax(1) == yt[m].numpy()).mean())
-                    if n_out == 2:
-                        from sklearn.metrics import roc_auc_score
+                    from sklearn.metrics import roc_auc_score
 
+                    if n_out == 2:
                         res[f"{name}_auc"] = float(roc_auc_score(yt[m].numpy(), prob[:, 1]))
+                    if is_signal is not None:
+                        score = prob[:, signal_columns].sum(1)
+                        res[f"{name}_signal_auc"] = float(roc_auc_score(is_signal[parts[name]], score))
                 else:
                     res[f"{name}_loss"] = float(((out - yt[m]) ** 2).mean())
                     res[f"{name}_r2"] = float(1 - ((out - yt[m]) ** 2).sum() / ((yt[m] - yt[m].mean(0)) ** 2).sum())
             runs.append(res)
     best = sorted(runs, key=lambda r: r["val_loss"])[:keep]
     metric = "test_auc" if classify and n_out == 2 else "test_accuracy" if classify else "test_r2"
+    metric = "test_signal_auc" if signal_ids is not None else metric
     values = np.array([r[metric] for r in best])
     q25, q50, q75 = np.percentile(values, [25, 50, 75])
     return {

@@ -154,6 +154,26 @@ def test_pretrain_finetune_embed_probe_end_to_end(tmp_path, cli, pythia_stores):
     assert r.exit_code == 0, r.stderr + r.stdout
     assert "test r2" in r.stdout
 
+    # latents of selected events only, and a process probe scored as signal vs rest (as roc_auc is)
+    sel_lat = tmp_path / "sel.zarr"
+    r = cli("embed", pre, "--data", mix, "--out", sel_lat, "--select", "n_jet >= 2", "--select", "n_lepton >= 1")
+    assert r.exit_code == 0, r.stderr + r.stdout
+    from hepfm import EventStore, Selection
+    from hepfm.embed import open_latents
+
+    store = EventStore.open(mix)
+    passing = Selection.parse(["n_jet >= 2", "n_lepton >= 1"]).store_mask(store)
+    g = open_latents(sel_lat)
+    assert g["event_latents"].shape[0] == passing.sum() < len(store)
+    assert (g["event_index"][:] == passing.nonzero()[0]).all() and g.attrs["selection"] == [
+        "n_jet >= 2",
+        "n_lepton >= 1",
+    ]
+    r = cli("probe", sel_lat, "--target", "process", "--signal", "ttbar_dilepton", "--seeds", 2, "--epochs", 5)
+    assert r.exit_code == 0, r.stderr + r.stdout
+    assert "test signal_auc" in r.stdout
+    assert_one_line_error(cli("probe", sel_lat, "--target", "process", "--signal", "haa"), "--signal haa")
+
     # physics evaluation of the fine-tune: its task's metrics and plots
     r = cli("evaluate", fine, "--data", tt, "--max-events", 400)
     assert r.exit_code == 0, r.stderr + r.stdout
