@@ -117,11 +117,15 @@ def collect(
 
 
 def _metric_keys(specs: list[Component]) -> list[str]:
-    """Result keys: the metric name, numbered when a task names one metric twice."""
+    """Result keys: a metric's own ``key``, else its name, numbered when a task names one metric twice."""
     keys, seen = [], {}
     for spec in specs:
-        seen[spec.name] = seen.get(spec.name, 0) + 1
-        keys.append(spec.name if seen[spec.name] == 1 else f"{spec.name}#{seen[spec.name]}")
+        own = getattr(spec, "key", None)
+        seen[spec.name] = seen.get(spec.name, 0) + (own is None)
+        keys.append(own or (spec.name if seen[spec.name] == 1 else f"{spec.name}#{seen[spec.name]}"))
+    duplicated = sorted({k for k in keys if keys.count(k) > 1})
+    if duplicated:
+        raise HepfmError(f"metrics: two metrics report under the key {duplicated[0]!r}; give each its own 'key'")
     return keys
 
 

@@ -46,7 +46,7 @@ from ._files import write_atomic, write_json
 from ._plots import pyplot, save_figure
 from ._progress import err_console
 from .checkpoint import find_checkpoint, load_checkpoint
-from .evaluate import _json_value, evaluate, read_metrics
+from .evaluate import _json_value, _metric_keys, evaluate, read_metrics
 from .store import EventLoader
 from .tasks import EarlyStoppingSpec, InitSpec, Task, task_selection
 from .train import train
@@ -78,9 +78,11 @@ def _store_of(task: Task):
     return cls(cls.Params.model_validate(task.dataset.params)).open()
 
 
-def _cell_task(task: Task, mode: str, seed: int, pretrained: Path, protocol: dict[str, Any]) -> Task:
+def _cell_task(task: Task, mode: str, seed: int, pretrained: Path, protocol: dict[str, Any], n_train: int) -> Task:
     data = task.model_dump(mode="json")
     data["train"]["seed"] = task.train.seed + seed
+    # a fraction smaller than one batch trains on all its events in every step
+    data["train"]["batch_size"] = max(1, min(task.train.batch_size, n_train))
     data["train"]["max_steps"] = protocol["max_steps"]
     data["train"]["early_stopping"] = protocol["early_stopping"]
     if mode == "pretrained":
@@ -150,6 +152,7 @@ def study(
             store, "train", task.train.batch_size, split_spec=task.split, fraction=f, selection=selection
         )
         n_train[f] = loader.n_events
+    passing = loader.selected_fraction  # of the last fraction's training events: what the selection keeps
     budget = (
         max_steps or task.train.max_steps or task.train.epochs * max(1, max(n_train.values()) // task.train.batch_size)
     )
@@ -190,13 +193,13 @@ def study(
         )
         run = cell / "run"
         resume = (run / "checkpoints" / "last.safetensors").is_file()
-        cell_task = _cell_task(task, mode, seed, pretrained, spec_protocol)
+        cell_task = _cell_task(task, mode, seed, pretrained, spec_protocol, n_train[fraction])
         if not (resume and _finished(run)):
             train(cell_task, run, resume=resume, fraction=fraction, wandb_mode=wandb_mode)
         evaluate(run, out=cell / "eval", max_events=max_events)
         cells_record[cell.name] = _cell_compute(run)
         write_json(spec_file, {**spec, "cells": cells_record})
-    rows = study_table(out, task, fractions, seeds, modes, n_train, pretraining_compute(pretrained))
+    rows = study_table(out, task, fractions, seeds, modes, n_train, pretraining_compute(pretrained), passing)
     plots = _plot(out, task, rows)
     return StudyResult(out, rows, plots)
 
@@ -230,8 +233,8 @@ def pretraining_compute(pretrained: str | os.PathLike) -> dict[str, Any] | None:
 def _headline(task: Task) -> dict[str, tuple[str, ...] | None]:
     registry = plugins.metrics()
     out = {}
-    for spec in task.metrics:
-        out[spec.name] = getattr(registry.get(spec.name), "headline", None)
+    for key, spec in zip(_metric_keys(task.metrics), task.metrics, strict=True):
+        out[key] = getattr(registry.get(spec.name), "headline", None)
     return out
 
 
@@ -243,6 +246,7 @@ def study_table(
     modes: tuple[str, ...],
     n_train: dict[float, int],
     pretraining: dict[str, Any] | None = None,
+    selected_fraction: float | None = None,
 ) -> list[dict[str, Any]]:
     """Aggregate the finished cells: one row per (figure, mode, fraction) with median, min, max, n.
 
@@ -286,7 +290,7 @@ def study_table(
     writer.writeheader()
     writer.writerows(rows)
     write_atomic(out / "table.csv", buf.getvalue())
-    write_atomic(out / "table.md", _markdown(task, rows, fractions, modes, n_train, pretraining))
+    write_atomic(out / "table.md", _markdown(task, rows, fractions, modes, n_train, pretraining, selected_fraction))
     return rows
 
 
@@ -311,7 +315,7 @@ def _is_baseline(figure: str) -> bool:
     return figure.split("/", 1)[1].startswith("baseline_")
 
 
-def _markdown(task: Task, rows, fractions, modes, n_train, pretraining=None) -> str:
+def _markdown(task: Task, rows, fractions, modes, n_train, pretraining=None, selected_fraction=None) -> str:
     index = {(r["figure"], r["mode"], r["fraction"]): r for r in rows}
     head = "| figure | mode | " + " | ".join(f"{f:g} ({n_train[f]} ev)" for f in fractions) + " |"
     if pretraining:
@@ -326,6 +330,7 @@ def _markdown(task: Task, rows, fractions, modes, n_train, pretraining=None) -> 
         "",
         "Median over seeds [min, max]; columns: fraction of the training split (training events"
         + (f", after the selection {task.selection}" if task.selection else "")
+        + (f", which keeps {100 * selected_fraction:.1f}% of them" if task.selection and selected_fraction else "")
         + ").",
         compute + " Fine-tune compute per cell: the compute/* rows (FLOPs: matmul-class, forward and backward).",
         "",

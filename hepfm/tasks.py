@@ -23,6 +23,7 @@ from .store import SplitSpec
 __all__ = [
     "Component",
     "HeadSpec",
+    "MetricSpec",
     "InitSpec",
     "ModelSpec",
     "TrainSpec",
@@ -46,6 +47,12 @@ class Component(_Strict):
 
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
+
+
+class MetricSpec(Component):
+    """A metric, optionally under its own key in the results (``roc_auc_ma30`` rather than ``roc_auc#2``)."""
+
+    key: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="key of its figures")
 
 
 class HeadSpec(Component):
@@ -135,7 +142,7 @@ class Task(_Strict):
     model: ModelSpec = Field(default_factory=ModelSpec)
     heads: dict[str, HeadSpec] = Field(default_factory=dict)
     train: TrainSpec = Field(default_factory=TrainSpec)
-    metrics: list[Component] = Field(default_factory=list)
+    metrics: list[MetricSpec] = Field(default_factory=list)
     selection: list[str] = Field(
         default_factory=list, description="event selection, cuts ANDed (e.g. 'n_jet >= 4'); every split"
     )

@@ -34,7 +34,7 @@ import torch
 
 from . import __version__, plugins
 from ._errors import HepfmError
-from ._files import write_atomic
+from ._files import write_atomic, write_json
 from ._progress import err_console, progress
 from .checkpoint import build_model, checkpoint_weights, find_checkpoint, load_checkpoint, save_checkpoint
 from .model import config_from_spec
@@ -621,7 +621,7 @@ def train(
             "selected_on": t.select_on,
             "selected_fraction": train_loader.selected_fraction,
         }
-        write_atomic(out / "train_summary.json", json.dumps(summary, indent=2) + "\n")
+        write_json(out / "train_summary.json", summary)
         write_atomic(out / "MODEL_CARD.md", _model_card(out, task, config, summary))
     if run is not None:
         run.finish()

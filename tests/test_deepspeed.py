@@ -272,9 +272,9 @@ def test_torchrun_2_processes_match_the_local_engine_at_the_same_global_batch(tm
     # one writer: rank 1 wrote nothing in the run folder; rank 0 wrote the metrics and the checkpoints
     assert ranks[1]["writes"] == []
     written = {os.path.basename(path) for _, path in ranks[0]["writes"]}
-    assert {"metrics.jsonl", ".task.yaml.tmp", ".MODEL_CARD.md.tmp"} <= written, written
+    assert {"metrics.jsonl", ".task.yaml.tmp", ".MODEL_CARD.md.tmp", ".train_summary.json.tmp"} <= written, written
     assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == [
-        "MODEL_CARD.md", "checkpoints", "metrics.jsonl", "task.yaml"
+        "MODEL_CARD.md", "checkpoints", "metrics.jsonl", "task.yaml", "train_summary.json"
     ]  # fmt: skip
     assert sorted(p.name for p in (tmp_path / "ds" / "checkpoints").iterdir()) == [
         "best.safetensors", "last.safetensors"

@@ -273,3 +273,12 @@ def test_event_purity_per_process_and_roc_against_named_backgrounds():
     mixed, _ = score(ev, [Component(name="roc_auc", params={"signal": ["sig"]})])
     only_bkg, _ = score(ev, [Component(name="roc_auc", params={"signal": ["sig"], "background": ["bkg"]})])
     assert mixed["roc_auc"]["auc"] < 1.0 and only_bkg["roc_auc"]["auc"] == 1.0
+    # a metric named twice reports under the keys the task gives it
+    from hepfm.tasks import MetricSpec
+
+    keyed = [MetricSpec(name="roc_auc", params={"signal": ["sig"]}), MetricSpec(name="roc_auc", key="sig_vs_bkg")]
+    keyed[1].params = {"signal": ["sig"], "background": ["bkg"]}
+    both, _ = score(ev, keyed)
+    assert set(both) == {"roc_auc", "sig_vs_bkg"} and both["sig_vs_bkg"]["auc"] == 1.0
+    with pytest.raises(Exception, match="two metrics report under the key 'roc_auc'"):
+        score(ev, [MetricSpec(name="roc_auc", params={"signal": ["sig"]}), MetricSpec(name="accuracy", key="roc_auc")])
