@@ -343,13 +343,14 @@ Trained with hepfm {__version__}. {task.description}
 - Data: `{task.dataset.params.get("path")}`, processes {config.get("processes")}
 - Steps: {result.get("steps")}, batch size {task.train.batch_size}, lr {task.train.lr}, EMA decay {task.train.ema_decay}
 - Stages: {[s.name for s in task.train.stages] or ["train"]}
-- Best validation loss ({result.get("selected_on")} weights): {result.get("best_val")} at step {result.get("best_step")}
-  {"(stopped early: validation stalled)" if result.get("stopped_early") else ""}
+- Best validation loss ({result.get("selected_on")} weights): {result.get("best_val")} at step {
+        result.get("best_step")
+    }{" (then stopped early: validation stalled)" if result.get("stopped_early") else ""}
 - Events seen: {result.get("events_seen", 0):,}; training compute {result.get("flops", 0.0):.3g} FLOPs
   (matmul-class operations, forward and backward, counted by torch's FLOP counter); wall time
   {result.get("wall_s", 0.0):.0f} s
-- Event selection: {task.selection or "none"} (passing fraction of the training split:
-  {result.get("selected_fraction")})
+- Event selection: {task.selection or "none"} (keeps {100 * (result.get("selected_fraction") or 1.0):.1f}% of
+  the training split)
 
 ## Files
 `checkpoints/best.safetensors` (EMA and raw weights, config, statistics; safetensors, no pickle),
