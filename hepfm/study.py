@@ -56,7 +56,9 @@ __all__ = ["StudyResult", "study", "study_table", "MODES", "PROTOCOLS", "pretrai
 MODES = ("pretrained", "scratch")
 PROTOCOLS = ("converged", "equal-steps")
 #: Version of the way cells are trained; a study folder made under another protocol is refused.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
+#: Fewest steps between validations of a cell (see ``_cell_val_every``).
+MIN_VAL_EVERY = 25
 COMPUTE = ("steps", "best_step", "events_seen", "flops")
 
 
@@ -84,6 +86,7 @@ def _cell_task(task: Task, mode: str, seed: int, pretrained: Path, protocol: dic
     # a fraction smaller than one batch trains on all its events in every step
     data["train"]["batch_size"] = max(1, min(task.train.batch_size, n_train))
     data["train"]["max_steps"] = protocol["max_steps"]
+    data["train"]["val_every"] = _cell_val_every(task, n_train)
     data["train"]["early_stopping"] = protocol["early_stopping"]
     if mode == "pretrained":
         init = task.init
@@ -163,6 +166,7 @@ def study(
         "name": protocol,
         "version": PROTOCOL_VERSION,
         "max_steps": budget,
+        "val_every": f"min(train.val_every, max({MIN_VAL_EVERY}, 5 x steps per epoch))",
         "early_stopping": stopping,
         "scratch_backbone_lr_scale": 1.0,
     }
@@ -185,6 +189,9 @@ def study(
         cell = out / "cells" / _cell_name(mode, fraction, seed)
         if (cell / "eval" / "metrics.json").is_file():
             err_console.print(f"[{i}/{len(cells)}] {cell.name}: finished, kept", highlight=False)
+            if _finished(cell / "run") and cell.name not in cells_record:
+                cells_record[cell.name] = _cell_compute(cell / "run")
+                write_json(spec_file, {**spec, "cells": cells_record})
             continue
         err_console.print(
             f"[{i}/{len(cells)}] {cell.name}: fine-tune on {n_train[fraction]} events "
@@ -202,6 +209,17 @@ def study(
     rows = study_table(out, task, fractions, seeds, modes, n_train, pretraining_compute(pretrained), passing)
     plots = _plot(out, task, rows)
     return StudyResult(out, rows, plots)
+
+
+def _cell_val_every(task: Task, n_train: int) -> int:
+    """Validation cadence of a cell: the task's, but at least every 5 epochs of a small fraction.
+
+    A 3% cell of a few hundred events overfits within tens of steps; validating only every
+    ``train.val_every`` steps (200) would find its best at the first validation and say nothing
+    about where it converged. Cells of large fractions keep the task's cadence.
+    """
+    per_epoch = max(1, n_train // max(1, min(task.train.batch_size, n_train)))
+    return max(1, min(task.train.val_every, max(MIN_VAL_EVERY, 5 * per_epoch)))
 
 
 def _finished(run: Path) -> bool:

@@ -282,3 +282,12 @@ def test_event_purity_per_process_and_roc_against_named_backgrounds():
     assert set(both) == {"roc_auc", "sig_vs_bkg"} and both["sig_vs_bkg"]["auc"] == 1.0
     with pytest.raises(Exception, match="two metrics report under the key 'roc_auc'"):
         score(ev, [MetricSpec(name="roc_auc", params={"signal": ["sig"]}), MetricSpec(name="accuracy", key="roc_auc")])
+
+
+def test_small_study_cells_validate_often_enough_to_find_their_best():
+    from hepfm.study import _cell_val_every
+    from hepfm.tasks import load_task
+
+    task = load_task(ROOT_TASKS / "qe_ttbar.yaml", ["train.val_every=100", "train.batch_size=256"])
+    # 17k events: the task's cadence; 1.7k (6 steps an epoch): every 5 epochs; 500: every 25 steps
+    assert [_cell_val_every(task, n) for n in (17237, 1724, 517, 100)] == [100, 30, 25, 25]
