@@ -543,7 +543,7 @@ def train(
                             f"step {step}: loss is {float(loss)} (parts {parts}); lower train.lr or check the data"
                         )
                     engine.step(loss)
-                if counter is not None and hasattr(counter, "get_total_flops"):
+                if hasattr(counter, "get_total_flops"):  # this step was counted
                     flops_per_event[stage] = counter.get_total_flops() / len(batch)
                 ema.update(model)
                 step += 1
