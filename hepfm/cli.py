@@ -53,6 +53,15 @@ def command(*args, **kwargs):
 # --------------------------------------------------------------------------------------------
 # data
 # --------------------------------------------------------------------------------------------
+ExecutorOpt = Annotated[
+    str | None,
+    typer.Option(help="write a folder of shards: 'dask' (a Dask cluster) or 'local' (one shard at a time here)"),
+]
+SchedulerOpt = Annotated[
+    str | None, typer.Option(help="address of a running Dask scheduler (default: a local cluster of --workers)")
+]
+
+
 @command()
 def generate(
     processes: Annotated[list[str], typer.Argument(help="PROCESS[=FRACTION]..., e.g. toy_signal=0.3 toy_background")],
@@ -69,8 +78,17 @@ def generate(
     fast: Annotated[
         bool, typer.Option("--fast", help="multi-parton interactions off (generators with a `fast` parameter)")
     ] = False,
+    executor: ExecutorOpt = None,
+    scheduler: SchedulerOpt = None,
+    shard_events: Annotated[
+        int | None, typer.Option(help="events per shard with --executor (default 16 chunks)")
+    ] = None,
 ) -> None:
-    """Generate events into a Zarr event store (resumes an interrupted run with the same arguments)."""
+    """Generate events into a Zarr event store (resumes an interrupted run with the same arguments).
+
+    With ``--executor dask`` the work is cut into shards, each a complete store written by a Dask
+    worker, into the folder ``--out`` (a dataset as it is; ``hepfm merge`` makes one store of it).
+    """
     from .generate import find_generator, parse_processes, plan_generation, run_generation
     from .tasks import parse_override
 
@@ -94,8 +112,15 @@ def generate(
         params=params,
         chunk_events=chunk_events,
         overwrite=overwrite,
+        sharded=executor is not None,
     )
-    err_console.print(plan.describe(), highlight=False)
+    err_console.print(plan.describe() + (f" (shards, executor {executor})" if executor else ""), highlight=False)
+    if executor is not None:
+        from .shards import generate_sharded
+
+        r = generate_sharded(plan, executor, scheduler, shard_events)
+        console.print(f"wrote {r.n_events} events in {len(r.shards)} shards to {r.out}", highlight=False)
+        return
     store = run_generation(plan)
     console.print(f"wrote {store.n_events} events to {store.path}", highlight=False)
 
@@ -113,14 +138,34 @@ def convert(
     ] = None,
     chunk_events: Annotated[int, typer.Option(help="events per chunk")] = 4096,
     overwrite: Annotated[bool, typer.Option(help="replace an existing store")] = False,
+    executor: ExecutorOpt = None,
+    scheduler: SchedulerOpt = None,
+    workers: Annotated[int, typer.Option(help="local Dask workers with --executor dask")] = 2,
 ) -> None:
-    """Convert foreign files (Delphes ROOT, Parquet, SPANet HDF5) into an event store (resumable)."""
+    """Convert foreign files (Delphes ROOT, Parquet, SPANet HDF5) into an event store (resumable).
+
+    With ``--executor dask`` every input file becomes one shard store, written by a Dask worker, in
+    the folder ``--out``.
+    """
     from .convert import plan_conversion, run_conversion
 
     plan = plan_conversion(
-        inputs, format, out, mapping=map, labels=process, chunk_events=chunk_events, overwrite=overwrite
+        inputs,
+        format,
+        out,
+        mapping=map,
+        labels=process,
+        chunk_events=chunk_events,
+        overwrite=overwrite,
+        sharded=executor is not None,
     )
     err_console.print(plan.describe(), markup=False, highlight=False)
+    if executor is not None:
+        from .shards import convert_sharded
+
+        r = convert_sharded(plan, executor, scheduler, workers)
+        console.print(f"wrote {r.n_events} events in {len(r.shards)} shards to {r.out}", highlight=False)
+        return
     result = run_conversion(plan)
     for note in result.notes:
         err_console.print(f"note: {note}", markup=False, highlight=False)
@@ -153,8 +198,22 @@ def export(
 
 
 @command()
+def merge(
+    stores: Annotated[list[str], typer.Argument(help="stores, globs or shard folders, merged in order")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="event store to write (*.zarr)")],
+    chunk_events: Annotated[int | None, typer.Option(help="events per chunk (default: the first store's)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing store")] = False,
+) -> None:
+    """Merge event stores (e.g. a folder of shards) into one store, in order (resumable)."""
+    from .shards import merge_stores
+
+    store = merge_stores(stores, out, chunk_events=chunk_events, overwrite=overwrite)
+    console.print(f"wrote {store.n_events} events to {store.path}", highlight=False)
+
+
+@command()
 def inspect(
-    store: Annotated[Path, typer.Argument(help="event store (*.zarr)")],
+    store: Annotated[str, typer.Argument(help="event store (*.zarr), or its URL (https://, s3://, root://)")],
     plots: Annotated[Path | None, typer.Option(help="write feature histograms (PNG) here")] = None,
     verify: Annotated[bool, typer.Option(help="read every chunk to check integrity")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
@@ -179,7 +238,10 @@ def _print_summary(s: dict) -> None:
     head.add_row("complete", "yes" if s["complete"] else "NO")
     head.add_row("events", f"{s['n_events']:,}")
     head.add_row("chunks", f"{s['n_chunks']} x {s['chunk_events']} events")
-    head.add_row("on disk", f"{s['bytes_on_disk'] / 1e6:.1f} MB ({s['bytes_per_event']:.0f} bytes/event)")
+    if s["bytes_on_disk"] is None:
+        head.add_row("on disk", "remote store")
+    else:
+        head.add_row("on disk", f"{s['bytes_on_disk'] / 1e6:.1f} MB ({s['bytes_per_event']:.0f} bytes/event)")
     head.add_row("splits (default 0.8/0.1/0.1)", ", ".join(f"{k} {v:,}" for k, v in s["splits"].items()))
     head.add_row("processes", ", ".join(f"{k} {v:,}" for k, v in s["processes"].items()) or "-")
     head.add_row("targets", ", ".join(f"{k} {v['dtype']}{v['shape']}" for k, v in s["targets"].items()) or "-")
@@ -281,6 +343,17 @@ def _resolve(task: Path, overrides: list[str] | None):
 
 
 WandbOpt = Annotated[str, typer.Option("--wandb", help="offline (default, no network) | online | disabled")]
+DataOpt = Annotated[
+    list[str] | None,
+    typer.Option(help="event store, URL, glob or shard folder; repeat for a dataset of several (overrides the task's)"),
+]
+
+
+def _data_override(data: list[str] | None) -> list[str]:
+    """``--data`` as a ``--set`` override (JSON is YAML: a path or glob is never read as YAML syntax)."""
+    if not data:
+        return []
+    return [f"dataset.params.path={json.dumps(data[0] if len(data) == 1 else list(data))}"]
 
 
 def _train(task, out: Path | None, resume: bool, fraction: float, wandb: str) -> None:
@@ -297,7 +370,7 @@ def _train(task, out: Path | None, resume: bool, fraction: float, wandb: str) ->
 @command()
 def pretrain(
     task: Annotated[Path | None, typer.Argument(help="task YAML (default: tasks/pretrain.yaml)")] = None,
-    data: Annotated[Path | None, typer.Option(help="event store (overrides dataset.params.path)")] = None,
+    data: DataOpt = None,
     out: Annotated[Path | None, typer.Option(help="run folder")] = None,
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option(help="continue an interrupted run")] = False,
@@ -309,7 +382,7 @@ def pretrain(
         shipped = Path(__file__).resolve().parents[1] / "tasks" / "pretrain.yaml"
         if not task.is_file() and shipped.is_file():
             task = shipped
-    overrides = list(set_ or []) + ([f"dataset.params.path={data}"] if data else [])
+    overrides = list(set_ or []) + _data_override(data)
     _train(_resolve(task, overrides), out, resume, 1.0, wandb)
 
 
@@ -317,7 +390,7 @@ def pretrain(
 def finetune(
     task: Annotated[Path, typer.Argument(help="task YAML")],
     init: Annotated[Path | None, typer.Option(help="pretrained run folder")] = None,
-    data: Annotated[Path | None, typer.Option(help="event store (overrides dataset.params.path)")] = None,
+    data: DataOpt = None,
     out: Annotated[Path | None, typer.Option(help="run folder")] = None,
     fraction: Annotated[float, typer.Option(help="train on this fraction of the training split")] = 1.0,
     set_: SetOpt = None,
@@ -325,7 +398,7 @@ def finetune(
     wandb: WandbOpt = "offline",
 ) -> None:
     """Fine-tune a pretrained backbone with the heads a task names (or train from scratch without init)."""
-    overrides = list(set_ or []) + ([f"dataset.params.path={data}"] if data else [])
+    overrides = list(set_ or []) + _data_override(data)
     overrides += [f"init.checkpoint={init}"] if init else []
     _train(_resolve(task, overrides), out, resume, fraction, wandb)
 
@@ -333,7 +406,7 @@ def finetune(
 @command()
 def embed(
     run: Annotated[Path, typer.Argument(help="run folder (or a checkpoint file)")],
-    data: Annotated[Path, typer.Option(help="event store")],
+    data: Annotated[list[str], typer.Option(help="event store, URL, glob or shard folder (repeat for several)")],
     out: Annotated[Path, typer.Option(help="latents store (*.zarr)")],
     pca: Annotated[int | None, typer.Option(help="also store K principal components (fitted on the val split)")] = None,
     batch_size: Annotated[int, typer.Option(help="events per batch")] = 1024,
@@ -345,7 +418,7 @@ def embed(
     """Write frozen per-object and per-event latents (EMA weights) to a Zarr store."""
     from .embed import embed as run_embed
 
-    err_console.print(f"embed {data} with {run} -> {out}" + (f" (PCA {pca})" if pca else ""), markup=False)
+    err_console.print(f"embed {' '.join(data)} with {run} -> {out}" + (f" (PCA {pca})" if pca else ""), markup=False)
     r = run_embed(run, data, out, pca=pca, batch_size=batch_size, overwrite=overwrite, selection=select)
     extra = f"; PCA keeps {100 * r.pca_explained:.1f}% of the object-latent variance" if r.pca_explained else ""
     console.print(f"wrote latents of {r.n_events} events ({r.latent_dim} dims) to {r.path}{extra}", markup=False)
@@ -391,7 +464,9 @@ def _print_metrics(results: dict[str, dict[str, float]], title: str) -> None:
 @command()
 def evaluate(
     run: Annotated[Path, typer.Argument(help="run folder (its task.yaml names the metrics and the split)")],
-    data: Annotated[Path | None, typer.Option(help="event store (default: the run's dataset)")] = None,
+    data: Annotated[
+        list[str] | None, typer.Option(help="event store, URL, glob or shard folder (default: the run's dataset)")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="output folder (default: RUN/eval)")] = None,
     split: Annotated[str, typer.Option(help="train | val | test | all")] = "test",
     which: Annotated[str, typer.Option(help="best | last checkpoint")] = "best",
@@ -405,7 +480,8 @@ def evaluate(
     """Evaluate a run with its task's metrics on a store; write metrics.json and PNG plots."""
     from .evaluate import evaluate as run_evaluate
 
-    err_console.print(f"evaluate {run} ({which}) on the {split} split of {data or 'its own data'}", markup=False)
+    where = " ".join(data) if data else "its own data"
+    err_console.print(f"evaluate {run} ({which}) on the {split} split of {where}", markup=False)
     r = run_evaluate(
         run,
         data,

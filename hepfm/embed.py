@@ -31,6 +31,7 @@ from ._errors import HepfmError
 from ._progress import progress
 from ._selection import Selection
 from .checkpoint import find_checkpoint, load_model
+from .dataset import open_data
 from .store import EventLoader, EventStore, SplitSpec
 
 __all__ = ["EmbedResult", "embed", "probe", "open_latents"]
@@ -78,7 +79,7 @@ def embed(
         raise HepfmError(f"{out}: exists; choose another --out or pass --overwrite")
     ckpt_path = find_checkpoint(run, which)
     model = load_model(ckpt_path)
-    store = EventStore.open(data, schema=model.schema)
+    store = open_data(data, schema=model.schema)
     config = model.checkpoint_config
     task_split = SplitSpec()
     task_file = Path(run) / "task.yaml" if Path(run).is_dir() else None

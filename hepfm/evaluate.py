@@ -32,6 +32,7 @@ from ._progress import progress
 from ._selection import Selection
 from .checkpoint import find_checkpoint, load_model
 from .components import Evaluation
+from .dataset import open_data
 from .store import EventLoader, EventStore, SplitSpec
 from .tasks import Component, Task, load_task, task_selection
 
@@ -201,7 +202,7 @@ def evaluate(
     out = Path(out) if out is not None else (run if run.is_dir() else run.parent) / "eval"
     checkpoint = find_checkpoint(run, which)
     model = load_model(checkpoint, weights=weights)
-    store = EventStore.open(data, schema=model.schema)
+    store = open_data(data, schema=model.schema)
     selection = task_selection(task, store.schema) if task is not None else None
     ev = collect(model, store, split, task.split if task else None, batch_size, max_events, seed, selection)
     where = str(run / "task.yaml") if task is not None else str(run)

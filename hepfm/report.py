@@ -38,7 +38,7 @@ def summarize_store(path: str | os.PathLike) -> dict[str, Any]:
         "chunk_events": store.chunk_events,
         "n_chunks": -(-store.n_events // store.chunk_events),
         "bytes_on_disk": size,
-        "bytes_per_event": size / store.n_events,
+        "bytes_per_event": None if size is None else size / store.n_events,
         "processes": counts,
         "schema": store.schema.model_dump(mode="json"),
         "stats": {part: {k: v.model_dump() for k, v in s.items()} for part, s in store.stats.items()},
