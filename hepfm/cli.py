@@ -535,7 +535,7 @@ def study(
 
 @command()
 def bench(
-    kind: Annotated[str, typer.Argument(help="loader | model | train")],
+    kind: Annotated[str, typer.Argument(help="loader | model | train | scale")],
     events: Annotated[int, typer.Option(help="events in the benchmark store")] = 1_000_000,
     rss_events: Annotated[
         int, typer.Option(help="events in the store whose epoch peak RSS is measured (0: skip)")
@@ -547,7 +547,12 @@ def bench(
     ] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the figures here")] = None,
 ) -> None:
-    """Measure throughput and memory: loader (store I/O), model (size, FLOPs, speed), train."""
+    """Measure throughput and memory: loader (store I/O), model (size, FLOPs, speed), train, scale.
+
+    ``scale``: generation with Dask against the process pool, loader over HTTP against local disk,
+    data-parallel training on 1 and 2 processes, and the epoch peak RSS of a dataset of many stores
+    (``--events`` events) against one ten times larger.
+    """
     if batch_size is not None and batch_size < 1:
         raise HepfmError(f"--batch-size {batch_size}: expected a positive integer")
     if kind == "model":
@@ -566,8 +571,11 @@ def bench(
         if json_out:
             write_json(json_out, r)
         return
+    if kind == "scale":
+        _bench_scale(events, json_out)
+        return
     if kind != "loader":
-        raise HepfmError(f"unknown benchmark '{kind}'; known: loader, model, train")
+        raise HepfmError(f"unknown benchmark '{kind}'; known: loader, model, train, scale")
     from .bench import bench_loader
 
     try:
@@ -585,6 +593,45 @@ def bench(
         t.add_row(f"loader events/s, {w} workers", f"{rate:,.0f}")
     for k, v in r.get("peak_rss_bytes", {}).items():
         t.add_row(f"peak RSS, {r['rss_events']:,}-event epoch, {k}", f"{v / 2**20:,.0f} MiB")
+    console.print(t)
+    if json_out:
+        write_json(json_out, r)
+
+
+def _bench_scale(events: int, json_out: Path | None) -> None:
+    from ._bench_scale import bench_dataset_memory, bench_ddp, bench_generation, bench_remote
+    from .plugins import datasets
+
+    pythia = "pythia" in [r.name for r in datasets()]
+    gen = bench_generation() if pythia else bench_generation(processes=("toy_signal",), events=200_000,
+                                                             chunk_events=4096, fast=False)  # fmt: skip
+    r = {"generation": gen, "remote": bench_remote(), "ddp": bench_ddp(), "memory": bench_dataset_memory(events)}
+    t = Table(title="bench scale", title_justify="left")
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    for executor in ("pool", "dask"):
+        for w, rate in gen[executor].items():
+            t.add_row(f"generate {'+'.join(gen['processes'])} events/s, {executor}, {w} workers", f"{rate:,.1f}")
+    rem = r["remote"]
+    t.add_row(f"loader events/s, local store ({rem['events']:,} events)", f"{rem['local_events_per_s']:,.0f}")
+    t.add_row("loader events/s, same store over HTTP (loopback)", f"{rem['http_events_per_s']:,.0f}")
+    ddp = r["ddp"]
+    for n, run in ddp["runs"].items():
+        t.add_row(
+            f"train {ddp['preset']} events/s per process, {n} processes (gloo)",
+            f"{run['events_per_s_per_process']:,.0f} ({100 * run['scaling_efficiency']:.0f}%)",
+        )
+        t.add_row(f"peak RSS per process, {n} processes", f"{run['peak_rss_per_process'] / 2**20:,.0f} MiB")
+    proj = ddp["projection_hours"]
+    for k, v in proj.items():
+        if k not in ("note", "target_events"):
+            t.add_row(f"projection: {proj['target_events']:.0e} events, {k} CPU processes", f"{v:,.1f} h")
+    mem = r["memory"]
+    for name in ("small", "big"):
+        m = mem[name]
+        rss = f"{m['peak_rss'] / 2**20:,.0f} MiB"
+        t.add_row(f"epoch peak RSS, {m['events']:,} events in {m['stores']} stores", rss)
+    t.add_row("peak RSS ratio, 10x the events", f"{mem['big_over_small_peak_rss']:.3f}")
     console.print(t)
     if json_out:
         write_json(json_out, r)
