@@ -176,7 +176,7 @@ def embed(
         "path": str(out),
         "run": str(run),
         "checkpoint": str(ckpt_path),
-        "data": str(store.path),
+        "data": str(store.path) if len(store.sources) == 1 else store.sources,
         "n_events": n,
         "latent_dim": d,
         "processes": store.processes,

@@ -211,7 +211,7 @@ def evaluate(
         "run": str(run),
         "checkpoint": str(checkpoint),
         "weights": model.weights,
-        "data": str(store.path),
+        "data": str(store.path) if len(store.sources) == 1 else store.sources,
         "split": split,
         "selection": list(selection.cuts) if selection else [],
         "selected_fraction": ev.selected_fraction,
