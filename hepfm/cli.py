@@ -299,18 +299,22 @@ def validate(
 
 @command(name="plugins")
 def list_plugins(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """List every registered head, dataset and metric and the package that provides it."""
+    """List every registered component (heads, datasets, generators, converters, metrics, commands), broken plugins."""
     regs = plugins.registries()
     rows = [
         {
             "kind": kind,
             "name": r.name,
-            "description": getattr(r.cls, "description", ""),
+            "description": _describe(r.cls),
             "plugin": r.plugin,
             "package": r.package,
         }
         for kind, reg in regs.items()
         for r in reg
+    ]
+    rows += [
+        {"kind": "broken", "name": b.plugin, "description": b.reason, "plugin": b.plugin, "package": b.package}
+        for b in plugins.broken()
     ]
     if json_out:
         console.print_json(json.dumps(rows))
@@ -319,8 +323,14 @@ def list_plugins(json_out: Annotated[bool, typer.Option("--json")] = False) -> N
     for col in ("kind", "name", "description", "plugin", "package"):
         t.add_column(col)
     for row in rows:
-        t.add_row(*(row[c] for c in ("kind", "name", "description", "plugin", "package")))
+        style = "red" if row["kind"] == "broken" else None
+        t.add_row(*(escape(row[c]) for c in ("kind", "name", "description", "plugin", "package")), style=style)
     console.print(t)
+
+
+def _describe(item) -> str:
+    doc = getattr(item, "description", None) or (item.__doc__ or "").strip().split("\n")[0]
+    return str(doc)
 
 
 # --------------------------------------------------------------------------------------------
@@ -682,6 +692,25 @@ def _root(
         raise typer.Exit()
 
 
+def add_plugin_commands() -> list[str]:
+    """Add the commands plugins register (``hepfm_register_commands``) to ``app``; returns their names.
+
+    A plugin command may not shadow a built-in one: it is skipped with a warning naming its plugin.
+    """
+    taken = {info.name or info.callback.__name__.replace("_", "-") for info in app.registered_commands}
+    added = []
+    for r in plugins.commands():
+        if r.name in taken:
+            if getattr(r.cls, "__wrapped__", None) is None:  # not one this function added earlier
+                err_console.print(f"warning: plugin {r.plugin} ({r.package}): command '{r.name}' is taken; skipped")
+            continue
+        app.command(name=r.name)(_command(r.cls))
+        taken.add(r.name)
+        added.append(r.name)
+    return added
+
+
 def main() -> None:
     """Console-script entry point."""
+    add_plugin_commands()
     app()

@@ -287,7 +287,7 @@ def remap_indices(
 # converter lookup and mapping files
 # --------------------------------------------------------------------------------------------
 def _converters() -> list:
-    return [r for r in plugins.datasets() if getattr(r.cls, "kind", None) == "converter"]
+    return list(plugins.converters())
 
 
 def find_converter(name: str) -> type:

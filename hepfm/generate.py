@@ -71,16 +71,8 @@ def parse_processes(specs: list[str]) -> dict[str, float]:
 
 def find_generator(processes: list[str], name: str | None = None) -> type:
     """The generator plugin that knows all ``processes`` (or the one named)."""
-    registry = plugins.datasets()
-    generators = [r for r in registry if getattr(r.cls, "kind", None) == "generator"]
-    if name is not None:
-        cls = registry.get(name)
-        if getattr(cls, "kind", None) != "generator":
-            known = ", ".join(r.name for r in generators)
-            raise HepfmError(f"dataset '{name}' is not a generator; generators: {known}")
-        candidates = [cls]
-    else:
-        candidates = [r.cls for r in generators]
+    registry = plugins.generators()
+    candidates = [registry.get(name)] if name is not None else [r.cls for r in registry]
     for cls in candidates:
         if all(p in cls.processes for p in processes):
             return cls

@@ -142,7 +142,7 @@ def store_topology(store: EventStore) -> dict[str, Any]:
     try:
         from . import plugins
 
-        cls = plugins.datasets().get(prov["generator"])
+        cls = plugins.generators().get(prov["generator"])
         gen = cls(cls.Params.model_validate(prov.get("params", {})), store.schema)
         return dict(gen.topology()) if hasattr(gen, "topology") else {}
     except Exception:  # unknown or unavailable generator: no truth layout, no truth plots

@@ -113,4 +113,10 @@ class SyntheticGenerator:
 @hookimpl
 def hepfm_register_datasets() -> list[type]:
     """Built-in datasets."""
-    return [ZarrDataset, SyntheticGenerator]
+    return [ZarrDataset]
+
+
+@hookimpl
+def hepfm_register_generators() -> list[type]:
+    """The toy generator."""
+    return [SyntheticGenerator]
