@@ -154,7 +154,7 @@ def test_plugins_lists_builtins_with_package(cli):
     r = cli("plugins", "--json")
     assert r.exit_code == 0
     rows = {(row["kind"], row["name"]): row for row in json.loads(r.stdout)}
-    assert ("head", "classification") in rows and ("dataset", "synthetic") in rows and ("metric", "roc_auc") in rows
+    assert ("head", "classification") in rows and ("generator", "synthetic") in rows and ("metric", "roc_auc") in rows
     assert rows[("dataset", "zarr")]["package"].startswith("hepfm ")
     assert rows[("dataset", "zarr")]["plugin"] == "builtin_datasets"
 
