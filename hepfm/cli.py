@@ -134,12 +134,18 @@ def convert(
 
 @command()
 def export(
-    store: Annotated[Path, typer.Argument(help="event store (*.zarr)")],
-    format: Annotated[str, typer.Option("--format", help="spanet")],
+    store: Annotated[Path, typer.Argument(help="event store (*.zarr), or a run folder with --format onnx")],
+    format: Annotated[str, typer.Option("--format", help="spanet (a store); onnx (a run)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="file to write, e.g. events.h5")],
     overwrite: Annotated[bool, typer.Option(help="replace existing output files")] = False,
 ) -> None:
-    """Write an event store in another format (SPANet HDF5 plus its event YAML)."""
+    """Write an event store in another format (SPANet HDF5 plus its event YAML), or a run as ONNX."""
+    from ._onnx_export import export_onnx, is_run_folder
+
+    if format == "onnx" and is_run_folder(store):
+        meta = export_onnx(store, out, overwrite=overwrite)
+        console.print(f"wrote {out} ({meta['weights']} weights, heads {', '.join(meta['heads'])})", highlight=False)
+        return
     from .convert import plan_export, run_export
 
     plan = plan_export(store, format, out, overwrite=overwrite)

@@ -228,7 +228,12 @@ class LocalEdge(nn.Module):
         # index_select, not advanced indexing: its backward is an index_add (advanced indexing's,
         # an accumulating index_put, is ~15x slower on CPU)
         a = drop(act(from_neigh.index_select(0, edges.src) + from_centre.index_select(0, edges.dst)))  # [E, D']
-        mean = a.new_zeros(x.shape[0], a.shape[1]).index_add_(0, edges.dst, a) * edges.scale.to(a.dtype)  # [R, D']
+        total = a.new_zeros(x.shape[0], a.shape[1])
+        if torch.onnx.is_in_onnx_export():  # the exporter's index_add drops repeated indices; scatter_add adds them
+            total = total.scatter_add(0, edges.dst[:, None].expand_as(a), a)
+        else:
+            total = total.index_add_(0, edges.dst, a)
+        mean = total * edges.scale.to(a.dtype)  # [R, D']
         return torch.addmm(edges.has * last.bias, mean, last.weight.T)  # [R, D]
 
 
