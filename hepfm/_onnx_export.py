@@ -3,7 +3,8 @@
 The graph holds the normalisation, the backbone and every deterministic head, with the run's EMA
 weights (``weights``) and a dynamic batch axis. Inputs are raw events in the run's schema:
 
-    objects  float32 [B, N, F]   object features (schema order, not normalised)
+    objects  float32 [B, N, F]   object features (schema order, not normalised; N = the schema's
+                                 max_objects, padding anywhere, as in the store)
     mask     bool    [B, N]      real objects
     globals  float32 [B, G]      global features (schema order, not normalised)
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +50,9 @@ def _require(name: str):
     try:
         return __import__(name)
     except ImportError:
-        raise HepfmError(f"ONNX export needs '{name}', which is not installed; install it with: pip install 'hepfm[onnx]'") from None
+        raise HepfmError(
+            f"ONNX export needs '{name}', which is not installed; install it with: pip install 'hepfm[onnx]'"
+        ) from None
 
 
 def is_run_folder(path: str | os.PathLike) -> bool:
@@ -117,7 +121,11 @@ def _metadata(model: nn.Module, skipped: list[str]) -> dict[str, Any]:
 
 
 def export_onnx(
-    run: str | os.PathLike, out: str | os.PathLike, weights: str | None = "ema", overwrite: bool = False, opset: int = 17
+    run: str | os.PathLike,
+    out: str | os.PathLike,
+    weights: str | None = "ema",
+    overwrite: bool = False,
+    opset: int = 17,
 ) -> dict[str, Any]:
     """Write a run's model as ONNX at ``out`` (temp file, then renamed); returns the metadata stored.
 
@@ -151,7 +159,9 @@ def export_onnx(
     for op in ("sinh", "cosh"):  # ONNX has them; the TorchScript exporter lacks the mapping
         torch.onnx.register_custom_op_symbolic(f"aten::{op}", lambda g, x, op=op: g.op(op.capitalize(), x), 9)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # the tracer's notes on Python ints concern N and sizes, fixed by the schema; the batch axis is dynamic
+            warnings.simplefilter("ignore")
             torch.onnx.export(
                 graph, example, str(tmp), input_names=list(INPUTS), output_names=out_names,
                 dynamic_axes=dynamic, opset_version=opset, dynamo=False,

@@ -428,6 +428,26 @@ def evaluate(
 
 
 @command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="run folder or checkpoint")],
+    data: Annotated[Path, typer.Option("--data", help="event store to predict (*.zarr)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output file: .parquet, .h5 or .root")],
+    batch_size: Annotated[int, typer.Option(help="events per batch (memory is bounded by it)")] = 1024,
+    weights: Annotated[str | None, typer.Option(help="ema | raw (default: those the run selected on)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing output file")] = False,
+    seed: Annotated[int, typer.Option(help="seed of generative heads' sampling")] = 0,
+) -> None:
+    """Write per-event predictions (one row per input event, in input order) next to the events."""
+    from .predict import predict as run_predict
+
+    res = run_predict(run, data, out, batch_size=batch_size, weights=weights, overwrite=overwrite, seed=seed)
+    console.print(
+        f"wrote {res.n_events} rows, {len(res.columns)} columns to {res.path} ({res.events_per_s:,.0f} events/s)",
+        highlight=False,
+    )
+
+
+@command()
 def study(
     task: Annotated[Path, typer.Argument(help="fine-tuning task YAML (its metrics are reported)")],
     pretrained: Annotated[Path, typer.Option(help="pretrained run folder (or checkpoint file)")],

@@ -27,8 +27,11 @@ RUN = ["--set", "model.preset=tiny", "--wandb", "disabled", "--set", "train.max_
        "train.batch_size=32", "--set", "train.val_every=2", "--set", "train.val_batches=1"]  # fmt: skip
 
 
-def write_spanet_allhad(path, n, seed):
-    """A full-hadronic ttbar file in SPANet's layout (its example: INPUTS/Source, TARGETS/t1|t2/b|q1|q2)."""
+def write_spanet_allhad(path, n, seed, extras=False):
+    """A full-hadronic ttbar file in SPANet's layout (its example: INPUTS/Source, TARGETS/t1|t2/b|q1|q2).
+
+    With ``extras``: a signal label, m_tt and an event number (CLASSIFICATIONS / REGRESSIONS).
+    """
     rng = np.random.default_rng(seed)
     nj = rng.integers(6, 11, n)
     m = np.arange(10)[None] < nj[:, None]
@@ -44,6 +47,10 @@ def write_spanet_allhad(path, n, seed):
     for t, off in (("t1", 0), ("t2", 3)):
         for k, d in enumerate(("b", "q1", "q2")):
             data[f"TARGETS/{t}/{d}"] = np.where(rng.random(n) < 0.85, perm[:, off + k], -1)
+    if extras:
+        data["CLASSIFICATIONS/EVENT/signal"] = rng.integers(0, 2, n)
+        data["CLASSIFICATIONS/EVENT/event_number"] = 1000 + rng.permutation(n)  # not the row order
+        data["REGRESSIONS/EVENT/m_tt"] = rng.uniform(300, 900, n).astype(np.float32)
     with h5py.File(path, "w") as f:
         for name, values in data.items():
             f.create_dataset(name, data=values)
@@ -52,6 +59,9 @@ def write_spanet_allhad(path, n, seed):
         "EVENT": {"t1": ["q1", "q2", "b"], "t2": ["b", "q1", "q2"]},  # another daughter order: found by name
         "PERMUTATIONS": {"EVENT": [["t1", "t2"]], "t1": [["q1", "q2"]], "t2": [["q1", "q2"]]},
     }
+    if extras:
+        event["CLASSIFICATIONS"] = {"EVENT": ["signal", "event_number"]}
+        event["REGRESSIONS"] = {"EVENT": ["m_tt"]}
     path.with_suffix(".yaml").write_text(yaml.safe_dump(event, sort_keys=False))
     return data
 
