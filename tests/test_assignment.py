@@ -100,6 +100,18 @@ def test_one_task_file_trains_on_a_generated_and_a_converted_spanet_store(tmp_pa
     assert bound["run_sp"]["targets"] == {"t": "assignment/t1", "tbar": "assignment/t2"}
     assert bound["run_sp"]["columns"] == {"t": [2, 0, 1], "tbar": [0, 1, 2]}  # t1 lists q1, q2, b
 
+    # the generated store exported for SPANet (the side-by-side's input): the tops' slots as TARGETS
+    r = cli("export", gen.path, "--format", "spanet", "--out", tmp_path / "gen.h5")
+    assert r.exit_code == 0, r.stderr + r.stdout
+    event = yaml.safe_load((tmp_path / "gen.yaml").read_text())
+    assert event["EVENT"] == {"t": ["b", "q1", "q2"], "tbar": ["b", "q1", "q2"]}
+    assert event["PERMUTATIONS"] == {"t": [["q1", "q2"]], "tbar": [["q1", "q2"]], "EVENT": [["t", "tbar"]]}
+    truth = gen.read(0, gen.n_events)["targets/assignment"]
+    with h5py.File(tmp_path / "gen.h5") as f:
+        for res in ("t", "tbar"):
+            for d in ("b", "q1", "q2"):
+                np.testing.assert_array_equal(f[f"TARGETS/{res}/{d}"][:], truth[:, slots.index(f"{res}_{d}")])
+
 
 def test_a_resonance_the_store_lacks_is_one_line_naming_it(tmp_path, cli):
     from conftest import assert_one_line_error
