@@ -179,12 +179,18 @@ def convert(
 
 @command()
 def export(
-    store: Annotated[Path, typer.Argument(help="event store (*.zarr)")],
-    format: Annotated[str, typer.Option("--format", help="spanet")],
+    store: Annotated[Path, typer.Argument(help="event store (*.zarr), or a run folder with --format onnx")],
+    format: Annotated[str, typer.Option("--format", help="spanet (a store); onnx (a run)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="file to write, e.g. events.h5")],
     overwrite: Annotated[bool, typer.Option(help="replace existing output files")] = False,
 ) -> None:
-    """Write an event store in another format (SPANet HDF5 plus its event YAML)."""
+    """Write an event store in another format (SPANet HDF5 plus its event YAML), or a run as ONNX."""
+    from ._onnx_export import export_onnx, is_run_folder
+
+    if format == "onnx" and is_run_folder(store):
+        meta = export_onnx(store, out, overwrite=overwrite)
+        console.print(f"wrote {out} ({meta['weights']} weights, heads {', '.join(meta['heads'])})", highlight=False)
+        return
     from .convert import plan_export, run_export
 
     plan = plan_export(store, format, out, overwrite=overwrite)
@@ -505,6 +511,26 @@ def evaluate(
     )
     _print_metrics(r.metrics, f"{r.n_events} events, {r.weights} weights, selected fraction {r.selected_fraction:.3f}")
     console.print(f"wrote {r.path / 'metrics.json'} and {len(r.plots)} plots in {r.path / 'plots'}", markup=False)
+
+
+@command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="run folder or checkpoint")],
+    data: Annotated[Path, typer.Option("--data", help="event store to predict (*.zarr)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output file: .parquet, .h5 or .root")],
+    batch_size: Annotated[int, typer.Option(help="events per batch (memory is bounded by it)")] = 1024,
+    weights: Annotated[str | None, typer.Option(help="ema | raw (default: those the run selected on)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing output file")] = False,
+    seed: Annotated[int, typer.Option(help="seed of generative heads' sampling")] = 0,
+) -> None:
+    """Write per-event predictions (one row per input event, in input order) next to the events."""
+    from .predict import predict as run_predict
+
+    res = run_predict(run, data, out, batch_size=batch_size, weights=weights, overwrite=overwrite, seed=seed)
+    console.print(
+        f"wrote {res.n_events} rows, {len(res.columns)} columns to {res.path} ({res.events_per_s:,.0f} events/s)",
+        highlight=False,
+    )
 
 
 @command()

@@ -101,7 +101,11 @@ def reweight_spin(weights: np.ndarray, cos_phi_truth: np.ndarray, d: float) -> n
 
 
 def pairing_outcome(
-    predicted: np.ndarray, truth: np.ndarray, groups: list[list[int]], interchangeable: bool = False
+    predicted: np.ndarray,
+    truth: np.ndarray,
+    groups: list[list[int]],
+    interchangeable: bool = False,
+    daughter_groups: list[list[int]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Compare predicted and true object assignments, resonance by resonance.
 
@@ -111,14 +115,25 @@ def pairing_outcome(
         groups: The columns of each resonance (its daughters); daughters inside a resonance are
             compared as a set (their order never matters to a physics pairing).
         interchangeable: Resonances are indistinguishable (H -> a a): compare the set of pairs.
+        daughter_groups: Per resonance, a group id per daughter: only daughters of one group are
+            compared as a set (t -> b q q': [0, 1, 1], the b must be the b). Default: one group.
 
     Returns:
         matchable [n] (every daughter of every resonance has a reconstructed object), correct [n]
         (every resonance right), right [n] and complete [n] counts of resonances predicted right
         and of fully matched true resonances.
     """
-    pred = [np.sort(predicted[:, g], axis=1) for g in groups]
-    true = [np.sort(truth[:, g], axis=1) for g in groups]
+
+    def canonical(x: np.ndarray, i: int) -> np.ndarray:
+        ids = daughter_groups[i] if daughter_groups is not None else [0] * len(groups[i])
+        x = x[:, groups[i]].copy()
+        for g in set(ids):
+            pos = [a for a, gg in enumerate(ids) if gg == g]
+            x[:, pos] = np.sort(x[:, pos], axis=1)
+        return x
+
+    pred = [canonical(predicted, i) for i in range(len(groups))]
+    true = [canonical(truth, i) for i in range(len(groups))]
     complete_r = np.stack([(t >= 0).all(1) for t in true], 1)  # [n, R]
     right_r = np.zeros_like(complete_r)
     for i, p in enumerate(pred):

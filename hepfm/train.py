@@ -384,14 +384,17 @@ def train(
         .get(task.dataset.name)(plugins.datasets().get(task.dataset.name).Params.model_validate(task.dataset.params))
         .open()
     )
-    for key, head in task.heads.items():
-        needed = [v for k, v in head.params.items() if k in ("target", "mask_target") and isinstance(v, str)]
+    config = model_config(task, store)
+    for key, head in config["heads"].items():  # bound params: a head may have found its targets by name
+        params = head["params"]
+        needed = [v for k, v in params.items() if k in ("target", "mask_target") and isinstance(v, str)]
+        if isinstance(params.get("targets"), dict):  # per-part targets (assignment: one per resonance)
+            needed = [str(v) for v in params["targets"].values()]
         missing = [n for n in needed if n not in store.targets]
         if missing:
             raise HepfmError(
                 f"{store.path}: head '{key}' needs target {missing[0]!r}; the store has {sorted(store.targets)}"
             )
-    config = model_config(task, store)
     selection = task_selection(task, store.schema)
     torch.manual_seed(t.seed)
     random.seed(t.seed)

@@ -133,6 +133,13 @@ class Pairing:
     With ``baseline: min_mlb`` the classical dilepton ttbar pairing (two highest b-score jets,
     smallest m(l+ b) + m(l- b)) is scored on the same events.
 
+    Without ``groups`` the resonances come from the assignment head itself, by name: its declared
+    resonances, the targets and columns it was bound to (the store's topology), its symmetric
+    daughters (a t -> b q q' is right when the b is the b and {q, q'} the W's pair) and its
+    symmetric resonances (``interchangeable``). Then ``eff_matchable`` is SPANet's *event purity*
+    (both tops right among events whose six daughters are all matched) and ``pair_purity`` its
+    *top purity*, each also per jet multiplicity (``..._nj7``).
+
     With ``per_process``, SPANet's and EveNet's *event purity* (every resonance right, over events
     whose daughters are all matched: ``eff_matchable``) is also given for each of ``processes``
     separately (``event_purity_NAME``, its binomial error and ``n_matchable_NAME``), e.g. per
@@ -153,8 +160,12 @@ class Pairing:
     class Params(Params):
         head: str | None = Field(None, description="assignment head key (default: the only one)")
         target: str = Field("assignment", description="true object index per column, -1 unmatched")
-        groups: list[list[int]] = Field(description="assignment columns of each resonance, e.g. [[0], [4]]")
-        interchangeable: bool = Field(False, description="resonances are indistinguishable (H -> a a)")
+        groups: list[list[int]] | None = Field(
+            None, description="assignment columns of each resonance, e.g. [[0], [4]] (default: the head's, by name)"
+        )
+        interchangeable: bool | None = Field(
+            None, description="resonances are indistinguishable (H -> a a); default: the head's symmetric resonances"
+        )
         processes: list[int | str] | None = Field(None, description="score only these processes (default: all)")
         multiplicity: list[int] = Field(
             [2, 3, 4, 5, 6], description="jet-multiplicity bins; the first is 'at most', the last 'at least'"
@@ -164,13 +175,13 @@ class Pairing:
 
         @model_validator(mode="after")
         def _check(self):
-            if not self.groups or any(not g for g in self.groups):
+            if self.groups is not None and (not self.groups or any(not g for g in self.groups)):
                 raise ValueError("groups: give the columns of at least one resonance")
             if self.multiplicity != sorted(set(self.multiplicity)):
                 raise ValueError("multiplicity: bins must be increasing")
             if self.per_process and not self.processes:
                 raise ValueError("per_process: name the processes to score one by one")
-            if self.baseline == "min_mlb" and [len(g) for g in self.groups] != [1, 1]:
+            if self.baseline == "min_mlb" and [len(g) for g in self.groups or [[0], [1]]] != [1, 1]:
                 raise ValueError("baseline min_mlb pairs two b jets: groups must be [[b of t], [b of tbar]]")
             return self
 
@@ -187,25 +198,55 @@ class Pairing:
         n_jet = ph.jet_multiplicity(ev.schema, ev.objects, ev.mask)
         return np.clip(np.searchsorted(self.params.multiplicity, n_jet), 0, len(self.params.multiplicity) - 1)
 
-    def _predictions(self, ev: Evaluation) -> dict[str, np.ndarray]:
-        _, out = ev.head(self.params.head, "assignment")
-        preds = {"": np.asarray(out["assignment"])}
+    def _layout(self, ev: Evaluation):
+        """(truth [E, C], predictions by prefix, groups, daughter groups or None, interchangeable)."""
+        key, out = ev.head(self.params.head, "assignment")
+        if self.params.groups is not None:
+            truth = np.asarray(ev.truth(self.params.target))
+            groups, daughter_groups = self.params.groups, None
+            interchangeable = bool(self.params.interchangeable)
+            preds = {"": np.asarray(out["assignment"])}
+        else:
+            hp = ev.heads[key]["params"]
+            names = list(hp["resonances"])
+            k = [len(hp["resonances"][r]) for r in names]
+            starts = np.cumsum([0, *k])
+            consecutive = {r: list(range(starts[i], starts[i + 1])) for i, r in enumerate(names)}
+            columns = hp.get("columns") or consecutive
+            targets = hp.get("targets") or {r: hp.get("target", "assignment") for r in names}
+            truth = np.concatenate([np.asarray(ev.truth(targets[r]))[:, columns[r]] for r in names], 1)
+            groups = [consecutive[r] for r in names]
+            daughter_groups = []
+            for r in names:
+                ids = list(range(len(hp["resonances"][r])))
+                for group in (hp.get("symmetric_daughters") or {}).get(r, []):
+                    for d in group:
+                        ids[hp["resonances"][r].index(d)] = hp["resonances"][r].index(group[0])
+                daughter_groups.append(ids)
+            interchangeable = self.params.interchangeable
+            if interchangeable is None:
+                interchangeable = any(len(g) > 1 for g in hp.get("symmetric_resonances") or [])
+            if any(f"objects/{r}" not in out for r in names):
+                raise ValueError(f"head '{key}' gives no per-resonance objects; retrain with this hepfm or give groups")
+            preds = {"": np.concatenate([np.asarray(out[f"objects/{r}"]) for r in names], 1)}
         if self.params.baseline == "min_mlb":
+            if [len(g) for g in groups] != [1, 1]:
+                raise ValueError("baseline min_mlb pairs two b jets: the head must assign one b per resonance")
             base = np.full_like(preds[""], -1)
             pair = ph.min_mlb_pairing(ev.schema, ev.objects, ev.mask)
-            base[:, self.params.groups[0][0]], base[:, self.params.groups[1][0]] = pair[:, 0], pair[:, 1]
+            base[:, groups[0][0]], base[:, groups[1][0]] = pair[:, 0], pair[:, 1]
             preds["baseline_"] = base
-        return preds
+        return truth, preds, groups, daughter_groups, interchangeable
 
     def _outcomes(self, ev: Evaluation):
-        truth = np.asarray(ev.truth(self.params.target))
-        width = max(c for g in self.params.groups for c in g) + 1
+        truth, preds, groups, daughter_groups, interchangeable = self._layout(ev)
+        width = max(c for g in groups for c in g) + 1
         if truth.ndim != 2 or truth.shape[1] < width:
             raise ValueError(f"target '{self.params.target}' has shape {truth.shape[1:]}; groups need {width} columns")
-        for prefix, pred in self._predictions(ev).items():
+        for prefix, pred in preds.items():
             if pred.shape[1] < width:
                 raise ValueError(f"the assignment head predicts {pred.shape[1]} columns; groups need {width}")
-            yield prefix, ph.pairing_outcome(pred, truth, self.params.groups, self.params.interchangeable)
+            yield prefix, ph.pairing_outcome(pred, truth, groups, interchangeable, daughter_groups)
 
     def compute(self, ev: Evaluation) -> dict[str, float]:
         sel = _process_selection(ev, self.params.processes)
@@ -222,6 +263,9 @@ class Pairing:
                 in_bin = sel & (bins == b)
                 out[f"{prefix}eff_matchable_nj{label}"] = ph.efficiency(correct, w, in_bin & matchable)
                 out[f"{prefix}eff_all_nj{label}"] = ph.efficiency(correct, w, in_bin)
+                true_in_bin = float(np.sum(w[in_bin] * complete[in_bin]))
+                found_in_bin = float(np.sum(w[in_bin] * right[in_bin]))
+                out[f"{prefix}pair_purity_nj{label}"] = found_in_bin / true_in_bin if true_in_bin else float("nan")
             if self.params.per_process:
                 truth = ev.truth("process")
                 for name, index in zip(self.params.processes, ev.process_indices(self.params.processes), strict=True):
@@ -237,8 +281,8 @@ class Pairing:
         return out
 
     def _matchable(self, ev: Evaluation) -> np.ndarray:
-        truth = np.asarray(ev.truth(self.params.target))
-        return np.stack([(truth[:, g] >= 0).all(1) for g in self.params.groups], 1).all(1)
+        truth, _, groups, _, _ = self._layout(ev)
+        return np.stack([(truth[:, g] >= 0).all(1) for g in groups], 1).all(1)
 
     def plot(self, ev: Evaluation, out: Path) -> list[Path]:
         plt = pyplot()
