@@ -100,7 +100,7 @@ BAD_GENERATE = {
     "fraction_not_number": (["toy_signal=lots"], ["toy_signal=lots", "not a number"]),
     "fractions_do_not_sum": (["toy_signal=0.5", "toy_background=0.2"], ["sum to 0.7"]),
     "negative_events": (["toy_signal", "--events", "-5"], ["--events", "positive"]),
-    "unknown_generator": (["toy_signal", "--generator", "madgraph"], ["unknown dataset 'madgraph'", "synthetic"]),
+    "unknown_generator": (["toy_signal", "--generator", "madgraph"], ["unknown generator 'madgraph'", "synthetic"]),
     "bad_generator_param": (["toy_signal", "--param", "eta_max=-1"], ["generator 'synthetic' params", "eta_max"]),
 }
 
