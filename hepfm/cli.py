@@ -378,13 +378,19 @@ def probe(
         write_json(json_out, r)
 
 
-def _print_metrics(results: dict[str, dict[str, float]], title: str) -> None:
-    table = Table(title=title, title_justify="left")
-    for col in ("metric", "figure", "value"):
-        table.add_column(col)
-    for metric, figures in results.items():
-        for name, value in figures.items():
-            table.add_row(metric, name, f"{value:.5g}")
+def _print_headline(rows, title: str) -> None:
+    """Model, baseline and difference per figure, grouped under their metric (fits 80 columns)."""
+    from rich import box
+
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("figure", "model", "baseline", "model - baseline" if len(rows) < 40 else "difference"):
+        table.add_column(col, justify="left" if col == "figure" else "right", no_wrap=True)
+    previous = None
+    for row in rows:
+        if row.metric != previous:
+            table.add_row(f"[bold]{escape(row.metric)}[/]", "", "", "")
+            previous = row.metric
+        table.add_row(f"  {escape(row.label())}", *row.cells())
     console.print(table)
 
 
@@ -400,9 +406,11 @@ def evaluate(
     ] = None,
     max_events: Annotated[int | None, typer.Option(help="score at most this many events")] = None,
     batch_size: Annotated[int, typer.Option(help="events per batch")] = 512,
-    seed: Annotated[int, typer.Option(help="seed of the generative heads' sampling")] = 0,
+    seed: Annotated[int, typer.Option(help="seed of the generative heads' sampling and of the bootstrap")] = 0,
+    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the uncertainties (0: none)")] = 30,
+    all_: Annotated[bool, typer.Option("--all", help="print every figure, not only the headline")] = False,
 ) -> None:
-    """Evaluate a run with its task's metrics on a store; write metrics.json and PNG plots."""
+    """Evaluate a run with its task's metrics on a store; print the headline; write summary.md, metrics.json, plots."""
     from .evaluate import evaluate as run_evaluate
 
     err_console.print(f"evaluate {run} ({which}) on the {split} split of {data or 'its own data'}", markup=False)
@@ -416,9 +424,20 @@ def evaluate(
         batch_size=batch_size,
         max_events=max_events,
         seed=seed,
+        bootstrap_resamples=bootstrap,
     )
-    _print_metrics(r.metrics, f"{r.n_events} events, {r.weights} weights, selected fraction {r.selected_fraction:.3f}")
-    console.print(f"wrote {r.path / 'metrics.json'} and {len(r.plots)} plots in {r.path / 'plots'}", markup=False)
+    from .evaluate import headline_rows
+
+    errs = f"± bootstrap std over {bootstrap} resamples" if bootstrap else "no bootstrap"
+    title = f"{r.n_events:,} events ({100 * r.selected_fraction:.1f}% pass the selection), {r.weights} weights; {errs}"
+    _print_headline(r.headline, title)
+    if all_:
+        names = {key: spec.name for key, spec in zip(r.metrics, r.specs, strict=True)}
+        _print_headline(headline_rows(r.metrics, r.errors, names, everything=True), "every figure")
+    console.print(
+        f"wrote {r.summary}, {r.path / 'metrics.json'} (every figure) and {len(r.plots)} plots in {r.path / 'plots'}",
+        markup=False,
+    )
 
 
 @command()

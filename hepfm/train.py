@@ -551,9 +551,10 @@ def train(
                 seen += len(batch) * engine.world_size
                 seen_total += len(batch) * engine.world_size
                 flops += flops_per_event.get(stage, 0.0) * len(batch) * engine.world_size
-                advance(1)
-                if step % t.log_every == 0 or step == total:
+                log_now = step % t.log_every == 0 or step == total
+                if log_now:
                     parts = engine.mean(parts)  # over the processes (every process must call it)
+                advance(1, f"loss {parts['total']:.4g}" if log_now and "total" in parts else None)
                 if engine.is_main and (step % t.log_every == 0 or step == total):
                     rate = seen / max(time.perf_counter() - t0, 1e-9)
                     record = {
