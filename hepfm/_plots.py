@@ -161,6 +161,8 @@ def fill(axis, values: np.ndarray, weights: np.ndarray | None = None):
     import hist
 
     h = hist.Hist(axis, storage=hist.storage.Weight())
+    if isinstance(axis, hist.axis.Integer):
+        values = np.rint(values).astype(np.int64)
     h.fill(values, weight=weights if weights is not None else np.ones(len(values)))
     return h
 
@@ -173,20 +175,33 @@ def draw_hist(ax, h, label: str | None = None, fraction: bool = False, **kwargs)
         total = float(h.sum(flow=True).value)
         if total > 0:
             h = h / total
-    mplhep.histplot(h, ax=ax, yerr=True, histtype="step", label=label, flow="none", **kwargs)
-    edges = h.axes[0].edges
-    if getattr(h.axes[0], "transform", None) is not None:
+    import hist
+    from matplotlib.ticker import MaxNLocator, NullFormatter
+
+    axis = h.axes[0]
+    edges = axis.edges
+    if isinstance(axis, hist.axis.Integer):  # one bin per value, centred on it, integer ticks
+        edges = edges - 0.5
+        yerr = np.sqrt(h.variances())
+        mplhep.histplot(h.values(), edges, ax=ax, yerr=yerr, histtype="step", label=label, **kwargs)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    else:
+        mplhep.histplot(h, ax=ax, yerr=True, histtype="step", label=label, flow="none", **kwargs)
+    if getattr(axis, "transform", None) is not None:
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # labelled decades only: no overlapping labels
     ax.set_xlim(edges[0], edges[-1])
 
 
 def flow_note(h) -> str:
     """``'3.1% below, 0.1% above the range'`` for a 1D hist with flow bins (empty when none)."""
+    traits = h.axes[0].traits
     values = h.values(flow=True)
     total = values.sum()
-    if total <= 0 or len(values) < 3:
+    if total <= 0 or not (traits.underflow or traits.overflow):
         return ""
-    below, above = values[0] / total, values[-1] / total
+    below = values[0] / total if traits.underflow else 0.0
+    above = values[-1] / total if traits.overflow else 0.0
     parts = [
         f"{100 * below:.1f}% below" if below > 0.0005 else "",
         f"{100 * above:.1f}% above" if above > 0.0005 else "",
