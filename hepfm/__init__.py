@@ -8,6 +8,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from ._errors import HepfmError, StoreError, TaskError
+from ._hf_export import export_model_folder, load_model
 from ._selection import Selection, SelectionError
 from .hookspecs import hookimpl
 from .schema import Batch, EventBlock, EventSchema, Feature, FeatureStats, Normaliser, compute_globals
@@ -37,4 +38,6 @@ __all__ = [
     "StoreWriter",
     "Selection",
     "SelectionError",
+    "load_model",
+    "export_model_folder",
 ]

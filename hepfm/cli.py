@@ -20,7 +20,7 @@ app = typer.Typer(
     name="hepfm",
     help="Event-level foundation models for collider physics.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 
@@ -134,12 +134,18 @@ def convert(
 
 @command()
 def export(
-    store: Annotated[Path, typer.Argument(help="event store (*.zarr)")],
-    format: Annotated[str, typer.Option("--format", help="spanet")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="file to write, e.g. events.h5")],
+    store: Annotated[Path, typer.Argument(help="event store (*.zarr), or a run folder with --format hf")],
+    format: Annotated[str, typer.Option("--format", help="spanet (a store) | hf (a run: shareable model folder)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="file to write, e.g. events.h5 (hf: a folder)")],
     overwrite: Annotated[bool, typer.Option(help="replace existing output files")] = False,
 ) -> None:
-    """Write an event store in another format (SPANet HDF5 plus its event YAML)."""
+    """Write an event store in another format (SPANet HDF5 plus its event YAML), or a run as a model folder."""
+    if format == "hf" and (store / "checkpoints").is_dir():
+        from ._hf_export import export_model_folder
+
+        folder = export_model_folder(store, out, overwrite=overwrite)
+        console.print(f"wrote {folder}/config.json, model.safetensors (EMA weights) and README.md", markup=False)
+        return
     from .convert import plan_export, run_export
 
     plan = plan_export(store, format, out, overwrite=overwrite)
@@ -214,13 +220,14 @@ def _print_summary(s: dict) -> None:
 # --------------------------------------------------------------------------------------------
 @command()
 def validate(
-    tasks: Annotated[list[Path], typer.Argument(help="task YAML files")],
+    tasks: Annotated[list[Path], typer.Argument(help="task YAML files, or names of shipped ones (qe_ttbar)")],
     set_: SetOpt = None,
 ) -> None:
     """Validate task files; report every problem (file:line: key: message) at once."""
+    from ._task_files import task_file
     from .tasks import validate_files
 
-    report = validate_files(tasks, set_ or [])
+    report = validate_files([task_file(t) for t in tasks], set_ or [])
     bad = 0
     for path, problems in report.items():
         if problems:
@@ -265,8 +272,10 @@ def list_plugins(json_out: Annotated[bool, typer.Option("--json")] = False) -> N
 # training and downstream (contract fixed now; capabilities land with later issues)
 # --------------------------------------------------------------------------------------------
 def _resolve(task: Path, overrides: list[str] | None):
+    from ._task_files import task_file
     from .tasks import load_task
 
+    task = task_file(task)
     resolved = load_task(task, overrides or [])
     heads = ", ".join(f"{k}={h.name}" for k, h in resolved.heads.items())
     t = resolved.train
@@ -304,19 +313,16 @@ def pretrain(
     wandb: WandbOpt = "offline",
 ) -> None:
     """Pretrain a backbone (self-supervised stage, then multi-task), as the task's stages declare."""
-    if task is None:  # ./tasks/pretrain.yaml, else the one shipped beside the package (source installs)
+    if task is None:  # ./tasks/pretrain.yaml, else the one shipped with hepfm
         task = Path("tasks/pretrain.yaml")
-        shipped = Path(__file__).resolve().parents[1] / "tasks" / "pretrain.yaml"
-        if not task.is_file() and shipped.is_file():
-            task = shipped
     overrides = list(set_ or []) + ([f"dataset.params.path={data}"] if data else [])
     _train(_resolve(task, overrides), out, resume, 1.0, wandb)
 
 
 @command()
 def finetune(
-    task: Annotated[Path, typer.Argument(help="task YAML")],
-    init: Annotated[Path | None, typer.Option(help="pretrained run folder")] = None,
+    task: Annotated[Path, typer.Argument(help="task YAML, or the name of a shipped one (qe_ttbar)")],
+    init: Annotated[Path | None, typer.Option(help="pretrained run folder (or exported model folder)")] = None,
     data: Annotated[Path | None, typer.Option(help="event store (overrides dataset.params.path)")] = None,
     out: Annotated[Path | None, typer.Option(help="run folder")] = None,
     fraction: Annotated[float, typer.Option(help="train on this fraction of the training split")] = 1.0,

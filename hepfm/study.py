@@ -49,7 +49,7 @@ from .checkpoint import find_checkpoint, load_checkpoint
 from .evaluate import _json_value, _metric_keys, evaluate, read_metrics
 from .store import EventLoader
 from .tasks import EarlyStoppingSpec, InitSpec, Task, task_selection
-from .train import train
+from .train import init_architecture, train
 
 __all__ = ["StudyResult", "study", "study_table", "MODES", "PROTOCOLS", "pretraining_compute"]
 
@@ -184,6 +184,9 @@ def study(
     out.mkdir(parents=True, exist_ok=True)
     write_json(spec_file, {**spec, "cells": cells_record})
 
+    # both modes train the pretrained run's architecture (a fine-tune takes its checkpoint's)
+    arch = init_architecture(task.model_copy(update={"init": InitSpec(checkpoint=str(pretrained))})).model
+    task = task.model_copy(update={"model": arch})
     cells = [(m, f, s) for f in fractions for s in range(seeds) for m in modes]
     for i, (mode, fraction, seed) in enumerate(cells, 1):
         cell = out / "cells" / _cell_name(mode, fraction, seed)

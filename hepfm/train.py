@@ -36,7 +36,7 @@ from . import __version__, plugins
 from ._errors import HepfmError
 from ._files import write_atomic, write_json
 from ._progress import err_console, progress
-from .checkpoint import build_model, checkpoint_weights, find_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import build_model, checkpoint_weights, load_checkpoint, save_checkpoint
 from .model import config_from_spec
 from .store import EventLoader, EventStore
 from .tasks import Task, task_selection
@@ -102,8 +102,9 @@ def init_from(
 
     ``weights``: ``ema`` or ``raw``; default: those the pretrained run selected its best checkpoint on.
     """
-    path = find_checkpoint(checkpoint, "best")
-    ckpt = load_checkpoint(path)
+    from ._hf_export import load_pretrained
+
+    path, ckpt = load_pretrained(checkpoint)  # a run folder, checkpoint file or exported model folder
     source, chosen = checkpoint_weights(ckpt, weights, str(path))
     theirs = ckpt["config"].get("backbone", {})
     mine = model.config.to_dict()
@@ -143,6 +144,45 @@ def init_from(
     if not any(k.startswith("backbone.") for k in loaded):
         raise HepfmError(f"{path}: no backbone tensor matches this model (another preset or schema?)")
     return {"checkpoint": str(path), "weights": chosen, "loaded": loaded, "skipped": skipped, "missing": missing}
+
+
+def init_architecture(task: Task) -> Task:
+    """The task with its backbone sizes taken from its ``init`` checkpoint (as ``from_pretrained`` does).
+
+    When the task file (or ``--set``) names model sizes that differ, one line says so; the
+    checkpoint's architecture wins. ``feature_dropout`` (a training setting) stays the task's
+    when it gives one.
+    """
+    if task.init is None:
+        return task
+    from ._hf_export import load_pretrained
+    from .model.backbone import PRESETS
+
+    path, ckpt = load_pretrained(task.init.checkpoint)
+    theirs = dict(ckpt["config"].get("backbone", {}))
+    sizes = ("dim", "depth", "num_heads", "k_neighbours")
+    shape = [k for k in PRESETS["tiny"].to_dict() if k not in ("feature_dropout", "dropout")]
+    preset = next((n for n, c in PRESETS.items() if all(c.to_dict()[k] == theirs.get(k) for k in shape)), None)
+    m = task.model
+    asked = m.model_fields_set - {"feature_dropout"}
+    mine = config_from_spec(m.preset, **{k: getattr(m, k) for k in sizes}).to_dict()
+    differ = [k for k in shape if mine.get(k) != theirs.get(k)]
+    if asked and differ:
+        err_console.print(
+            f"note: the task asks for model {m.model_dump(include=asked)}, but {path} was trained as "
+            f"{preset or 'a custom backbone'} ({', '.join(f'{k} {theirs.get(k)}' for k in differ)}); "
+            "the fine-tune takes the checkpoint's architecture",
+            highlight=False,
+            markup=False,
+        )
+    if preset is None:
+        raise HepfmError(f"{path}: its backbone matches no preset ({theirs}); fine-tune it with those sizes")
+    spec = {"preset": preset, **{k: theirs[k] for k in sizes}}
+    if "feature_dropout" in m.model_fields_set:
+        spec["feature_dropout"] = m.feature_dropout
+    else:
+        spec["feature_dropout"] = theirs.get("feature_dropout")
+    return task.model_copy(update={"model": type(m).model_validate(spec)})
 
 
 class LocalEngine:
@@ -391,6 +431,7 @@ def train(
             raise HepfmError(
                 f"{store.path}: head '{key}' needs target {missing[0]!r}; the store has {sorted(store.targets)}"
             )
+    task = init_architecture(task)
     config = model_config(task, store)
     selection = task_selection(task, store.schema)
     torch.manual_seed(t.seed)
