@@ -87,6 +87,16 @@ def styled(fn):
     return wrapper
 
 
+def pyplot():
+    """``matplotlib.pyplot`` as it is (kept for plugins written against older hepfm; no backend switch).
+
+    New code builds Figures with ``new_figure`` instead: they need no pyplot state and no closing.
+    """
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def new_figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (6.4, 4.8), **kwargs):
     """A ``Figure`` (not registered with pyplot) and its axes; ``size`` is per panel."""
     from matplotlib.figure import Figure
@@ -97,11 +107,14 @@ def new_figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (6.4,
 
 
 def hep_label(ax, text: str = "", ecm_tev: float | None = 13.0, data: bool = False) -> None:
-    """The "hepfm Simulation" label and sqrt(s) on an axis (mplhep's experiment label, inside the frame)."""
-    import mplhep
+    """The "hepfm Simulation" label (above the frame, left) and sqrt(s) (right), as mplhep's experiment labels.
 
-    rlabel = f"\u221as = {ecm_tev:g} TeV" if ecm_tev else ""
-    mplhep.label.exp_label(exp="hepfm", llabel="Simulation", data=data, rlabel=rlabel, loc=0, ax=ax, fontsize=11)
+    Drawn with ``ax.text`` (mplhep's own label function reaches for pyplot's current axes).
+    """
+    kind = "Data" if data else "Simulation"
+    ax.text(0, 1.01, f"$\\mathbf{{hepfm}}$ $\\mathit{{{kind}}}$", transform=ax.transAxes, fontsize=12, va="bottom")
+    if ecm_tev:
+        ax.text(1, 1.01, f"\u221as = {ecm_tev:g} TeV", transform=ax.transAxes, fontsize=11, va="bottom", ha="right")
     if text:
         ax.text(0.04, 0.93, text, transform=ax.transAxes, fontsize=10, va="top")
 
