@@ -415,9 +415,9 @@ def train(
         raise HepfmError(f"--wandb '{wandb_mode}': expected offline, online or disabled")
     last_path = out / "checkpoints" / "last.safetensors"
     if resume and not last_path.is_file():
-        raise HepfmError(f"{out}: --resume given but no checkpoint at checkpoints/last.safetensors")
+        raise HepfmError(f"{out}: resume=True (--resume) given but no checkpoint at checkpoints/last.safetensors")
     if not resume and last_path.exists():
-        raise HepfmError(f"{out}: a run already exists here; pass --resume to continue it or choose another --out")
+        raise HepfmError(f"{out}: a run already exists here; pass resume=True (--resume) to continue it or another out")
 
     store = (
         plugins.datasets()
