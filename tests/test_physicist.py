@@ -158,3 +158,18 @@ def test_headline_numbers_are_rounded_to_their_uncertainty():
     assert format_value(12.0, 2.8, signed=True) == "+12.0 ± 2.8"
     assert format_value(692.0, float("nan"), count=True) == "692"
     assert format_value(float("nan")) == "nan" and np.isinf(float(format_value(float("inf"))))
+
+
+def test_the_notebook_walkthrough_runs_as_written(tmp_path, monkeypatch):
+    import re
+
+    text = (ROOT / "docs" / "notebook.md").read_text()
+    cells = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(cells) >= 5
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for cell in cells:
+        exec(compile(cell, "docs/notebook.md", "exec"), namespace)  # noqa: S102 - our own documentation
+    assert (tmp_path / "nb" / "multiplicity.png").stat().st_size > 10_000
+    assert torch.equal(namespace["latents"].event, namespace["again"].event)  # the shared folder: same outputs
+    assert namespace["evaluation"].summary.is_file() and namespace["evaluation"].headline
