@@ -290,6 +290,16 @@ def _resolve(task: Path, overrides: list[str] | None):
 
 
 WandbOpt = Annotated[str, typer.Option("--wandb", help="offline (default, no network) | online | disabled")]
+WandbProjectOpt = Annotated[
+    str | None, typer.Option("--wandb-project", help="W&B project (default: $WANDB_PROJECT, else hepfm)")
+]
+
+
+def _wandb_project(project: str | None) -> None:
+    if project:
+        import os
+
+        os.environ["WANDB_PROJECT"] = project
 
 
 def _train(task, out: Path | None, resume: bool, fraction: float, wandb: str) -> None:
@@ -311,8 +321,10 @@ def pretrain(
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option(help="continue an interrupted run")] = False,
     wandb: WandbOpt = "offline",
+    wandb_project: WandbProjectOpt = None,
 ) -> None:
     """Pretrain a backbone (self-supervised stage, then multi-task), as the task's stages declare."""
+    _wandb_project(wandb_project)
     if task is None:  # ./tasks/pretrain.yaml, else the one shipped with hepfm
         task = Path("tasks/pretrain.yaml")
     overrides = list(set_ or []) + ([f"dataset.params.path={data}"] if data else [])
@@ -329,8 +341,10 @@ def finetune(
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option(help="continue an interrupted run")] = False,
     wandb: WandbOpt = "offline",
+    wandb_project: WandbProjectOpt = None,
 ) -> None:
     """Fine-tune a pretrained backbone with the heads a task names (or train from scratch without init)."""
+    _wandb_project(wandb_project)
     overrides = list(set_ or []) + ([f"dataset.params.path={data}"] if data else [])
     overrides += [f"init.checkpoint={init}"] if init else []
     _train(_resolve(task, overrides), out, resume, fraction, wandb)
@@ -415,6 +429,10 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="seed of the generative heads' sampling and of the bootstrap")] = 0,
     bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the uncertainties (0: none)")] = 30,
     all_: Annotated[bool, typer.Option("--all", help="print every figure, not only the headline")] = False,
+    wandb: Annotated[str, typer.Option("--wandb", help="log figures and plots: disabled | offline | online")] = (
+        "disabled"
+    ),
+    wandb_project: WandbProjectOpt = None,
 ) -> None:
     """Evaluate a run with its task's metrics on a store; print the headline; write summary.md, metrics.json, plots."""
     from .evaluate import evaluate as run_evaluate
@@ -444,6 +462,11 @@ def evaluate(
         f"wrote {r.summary}, {r.path / 'metrics.json'} (every figure) and {len(r.plots)} plots in {r.path / 'plots'}",
         markup=False,
     )
+    if wandb != "disabled":
+        from .evaluate import log_to_wandb
+
+        folder = log_to_wandb(r, wandb, wandb_project)
+        console.print(f"logged the evaluation to W&B ({wandb}): {folder}", markup=False)
 
 
 @command()

@@ -44,7 +44,17 @@ from .components import Evaluation
 from .store import EventLoader, EventStore, SplitSpec
 from .tasks import Component, Task, load_task, task_selection
 
-__all__ = ["EvalResult", "build_metrics", "collect", "evaluate", "score", "read_metrics"]
+__all__ = [
+    "EvalResult",
+    "HeadlineRow",
+    "build_metrics",
+    "collect",
+    "evaluate",
+    "headline_rows",
+    "log_to_wandb",
+    "score",
+    "read_metrics",
+]
 
 
 @dataclass
@@ -272,6 +282,45 @@ def evaluate(
     return EvalResult(
         out, len(ev), results, files, model.weights, ev.selected_fraction, errors, rows, summary, record, list(specs)
     )
+
+
+def log_to_wandb(result: EvalResult, mode: str = "offline", project: str | None = None) -> Path | None:
+    """Log an evaluation to Weights & Biases: every figure, the headline as a table, every plot as an image.
+
+    Args:
+        result: What ``evaluate`` returned.
+        mode: ``offline`` (files under ``OUT/wandb``, no network), ``online`` or ``disabled``.
+        project: The W&B project (default: ``WANDB_PROJECT``, else ``hepfm``).
+
+    Returns:
+        The W&B run folder, or None when disabled.
+    """
+    if mode == "disabled":
+        return None
+    if mode not in ("offline", "online"):
+        raise HepfmError(f"wandb mode '{mode}': expected offline, online or disabled")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import wandb
+
+    record = {k: v for k, v in result.record.items() if k not in ("metrics", "errors", "headline")}
+    run = wandb.init(
+        project=project or os.environ.get("WANDB_PROJECT") or "hepfm",
+        name=f"{Path(record.get('run', 'run')).name}-eval",
+        job_type="evaluation",
+        dir=str(result.path),
+        mode=mode,
+        config=record,
+        reinit="finish_previous",
+    )
+    values = {f"eval/{m}/{k}": v for m, figs in result.metrics.items() for k, v in figs.items() if math.isfinite(v)}
+    table = wandb.Table(columns=["metric", "figure", "model", "baseline", "difference"])
+    for row in result.headline:
+        table.add_data(row.metric, row.label(), *row.cells())
+    images = {f"plots/{p.parent.name}/{p.stem}": wandb.Image(str(p)) for p in result.plots}
+    run.log({**values, "eval/headline": table, **images})
+    folder = Path(run.dir).parent
+    run.finish()
+    return folder
 
 
 def read_metrics(path: str | os.PathLike) -> dict[str, dict[str, float]]:

@@ -254,7 +254,10 @@ def make_engine(task: Task, model: torch.nn.Module, optimizer: torch.optim.Optim
     try:
         from ._deepspeed import DeepSpeedEngine
     except ImportError as exc:
-        raise HepfmError(f"train.engine 'deepspeed' is not available ({exc}); use train.engine=local") from None
+        raise HepfmError(
+            f"train.engine 'deepspeed' is not available ({exc}); "
+            "pip install 'hepfm[deepspeed]' or use train.engine=local"
+        ) from None
     return DeepSpeedEngine(model, optimizer, t)
 
 
@@ -681,7 +684,7 @@ def _start_wandb(task: Task, out: Path, mode: str):
     import wandb
 
     return wandb.init(
-        project="hepfm",
+        project=os.environ.get("WANDB_PROJECT") or "hepfm",  # --wandb-project sets it
         name=task.name,
         dir=str(out),
         mode=mode,

@@ -100,8 +100,10 @@ def test_exported_model_folder_reloads_with_the_same_outputs_and_seeds_a_fine_tu
     from hepfm.train import build_model, init_architecture, init_from, model_config
 
     run, store = tiny_run
-    r = cli("evaluate", run, "--bootstrap", 5)
+    r = cli("evaluate", run, "--bootstrap", 5, "--wandb", "offline", "--wandb-project", "physicist-test")
     assert r.exit_code == 0, r.stderr + r.stdout
+    wandb_runs = list((run / "eval" / "wandb").glob("offline-run-*"))
+    assert wandb_runs and list(wandb_runs[0].rglob("*.png"))  # the evaluation plots went to W&B as images
     out = tmp_path / "model"
     r = cli("export", run, "--format", "hf", "--out", out)
     assert r.exit_code == 0, r.stderr + r.stdout
