@@ -397,7 +397,8 @@ Trained with hepfm {__version__}. {task.description}
 
 ## Files
 `checkpoints/best.safetensors` (EMA and raw weights, config, statistics; safetensors, no pickle),
-`metrics.jsonl`, `task.yaml`. Rebuild with `hepfm.checkpoint.load_model("{run}")`.
+`metrics.jsonl`, `task.yaml`. Rebuild with `hepfm.load_model("{run}")`; share as a model folder with
+`hepfm export {run} --format hf --out DIR`.
 
 ## Limitations
 Trained on simulation only; validate and calibrate before use on collision data.

@@ -93,6 +93,7 @@ class RocAuc:
         wp = self.params.signal_efficiency
         ax.axvline(wp, ls=":", c="grey", label=f"$\\varepsilon_S = {wp:g}$")
         ax.set_yscale("log")
+        ax.set_ylim(bottom=1)
         ax.set_xlim(0, 1)
         ax.set_xlabel("signal efficiency $\\varepsilon_S$")
         ax.set_ylabel("background rejection $1/\\varepsilon_B$")
@@ -522,7 +523,7 @@ class SpinCorrelation(_DileptonTtbar):
             hp.draw_hist(ax, hp.fill(axis, m_top[m_ok], np.concatenate([w, w])[m_ok]), label=names[prefix])
         ax.axvline(172.5, ls=":", c="grey", label="$m_t$ = 172.5 GeV")
         ax.set_xlabel("reconstructed $m(b\\ell\\nu)$ [GeV]")
-        ax.set_ylabel("top candidates / bin")
+        ax.set_ylabel(f"top candidates / {400 / 60:.1f} GeV")
         ax.set_ylim(0, ax.get_ylim()[1] * 1.3)
         hp.hep_label(ax, f"{int(truth_ok.sum()):,} events")
         ax.legend(loc="upper right")
