@@ -279,9 +279,10 @@ def _resolve(task: Path, overrides: list[str] | None):
     resolved = load_task(task, overrides or [])
     heads = ", ".join(f"{k}={h.name}" for k, h in resolved.heads.items())
     t = resolved.train
+    model = resolved.model.preset if resolved.init is None else f"of {resolved.init.checkpoint}"
     err_console.print(
         f"resolved task {resolved.name} from {task}: data {resolved.dataset.params.get('path')}, "
-        f"model {resolved.model.preset}, heads [{heads}], steps {t.max_steps or str(t.epochs) + ' epochs'}, "
+        f"model {model}, heads [{heads}], steps {t.max_steps or str(t.epochs) + ' epochs'}, "
         f"batch {t.batch_size}, lr {t.lr}, engine {t.engine}",
         highlight=False,
         markup=False,
