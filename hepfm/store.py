@@ -306,7 +306,7 @@ class StoreWriter:
             if attrs.get(key) != value:
                 raise StoreError(
                     f"{self.path}: cannot resume, attribute '{key}' differs from this write "
-                    f"(pass overwrite=True, --overwrite, to start again)"
+                    f"(pass overwrite=True (--overwrite) to start again)"
                 )
         if attrs.get("provenance", {}) != provenance:
             raise StoreError(
