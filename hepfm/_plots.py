@@ -166,6 +166,8 @@ def make_axis(values: np.ndarray, log: bool = False, unit: str = "", bins: int =
     lo_q, hi_q = np.percentile(finite, [0.1, 99.9])
     if hi_q <= lo_q:
         lo_q, hi_q = lo - 0.5, hi + 0.5
+    elif hi_q - lo_q > 0.5 * (hi - lo):  # no far outliers (e.g. eta, phi): the whole range, nothing in flow
+        lo_q, hi_q = lo, float(np.nextafter(hi, np.inf))
     return hist.axis.Regular(bins, float(lo_q), float(hi_q), name=name)
 
 

@@ -250,7 +250,8 @@ def _validation_figures(
             for p, pname in enumerate(names):
                 sel = labels[two] == p
                 if sel.any():
-                    draw_hist(ax, fill(axis, mll[sel]), label=f"{pname} ({int(sel.sum()):,} events)")
+                    n_sel = int(sel.sum())
+                    draw_hist(ax, fill(axis, mll[sel]), label=f"{pname} ({n_sel:,} event{'s' * (n_sel != 1)})")
             ax.axvline(91.19, color="grey", ls=":", lw=1, label="$m_Z$")
             ax.set_xlabel("$m_{\\ell\\ell}$, events with two leptons [GeV]")
             ax.set_ylabel("events / 4 GeV")
