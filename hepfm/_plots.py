@@ -167,7 +167,7 @@ def make_axis(values: np.ndarray, log: bool = False, unit: str = "", bins: int =
     if hi_q <= lo_q:
         lo_q, hi_q = lo - 0.5, hi + 0.5
     elif hi_q - lo_q > 0.5 * (hi - lo):  # no far outliers (e.g. eta, phi): the whole range, nothing in flow
-        lo_q, hi_q = lo, float(np.nextafter(hi, np.inf))
+        lo_q, hi_q = lo, hi + 1e-6 * (hi - lo)
     return hist.axis.Regular(bins, float(lo_q), float(hi_q), name=name)
 
 
