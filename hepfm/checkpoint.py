@@ -83,6 +83,7 @@ def save_checkpoint(
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
+        os.chmod(tmp, 0o644)  # readable by the group, like any other file of the run
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

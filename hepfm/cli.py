@@ -20,7 +20,7 @@ app = typer.Typer(
     name="hepfm",
     help="Event-level foundation models for collider physics.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 
@@ -179,17 +179,25 @@ def convert(
 
 @command()
 def export(
-    store: Annotated[Path, typer.Argument(help="event store (*.zarr), or a run folder with --format onnx")],
-    format: Annotated[str, typer.Option("--format", help="spanet (a store); onnx (a run)")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="file to write, e.g. events.h5")],
+    store: Annotated[Path, typer.Argument(help="event store (*.zarr), or a run folder with --format onnx | hf")],
+    format: Annotated[
+        str, typer.Option("--format", help="spanet (a store) | onnx (a run) | hf (a run: shareable model folder)")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="file to write, e.g. events.h5 (hf: a folder)")],
     overwrite: Annotated[bool, typer.Option(help="replace existing output files")] = False,
 ) -> None:
-    """Write an event store in another format (SPANet HDF5 plus its event YAML), or a run as ONNX."""
+    """Write an event store in another format (SPANet HDF5 plus its event YAML), or a run as ONNX or a model folder."""
     from ._onnx_export import export_onnx, is_run_folder
 
     if format == "onnx" and is_run_folder(store):
         meta = export_onnx(store, out, overwrite=overwrite)
         console.print(f"wrote {out} ({meta['weights']} weights, heads {', '.join(meta['heads'])})", highlight=False)
+        return
+    if format == "hf" and (store / "checkpoints").is_dir():
+        from ._hf_export import export_model_folder
+
+        folder = export_model_folder(store, out, overwrite=overwrite)
+        console.print(f"wrote {folder}/config.json, model.safetensors (EMA weights) and README.md", markup=False)
         return
     from .convert import plan_export, run_export
 
@@ -282,13 +290,14 @@ def _print_summary(s: dict) -> None:
 # --------------------------------------------------------------------------------------------
 @command()
 def validate(
-    tasks: Annotated[list[Path], typer.Argument(help="task YAML files")],
+    tasks: Annotated[list[Path], typer.Argument(help="task YAML files, or names of shipped ones (qe_ttbar)")],
     set_: SetOpt = None,
 ) -> None:
     """Validate task files; report every problem (file:line: key: message) at once."""
+    from ._task_files import task_file
     from .tasks import validate_files
 
-    report = validate_files(tasks, set_ or [])
+    report = validate_files([task_file(t) for t in tasks], set_ or [])
     bad = 0
     for path, problems in report.items():
         if problems:
@@ -343,14 +352,17 @@ def _describe(item) -> str:
 # training and downstream (contract fixed now; capabilities land with later issues)
 # --------------------------------------------------------------------------------------------
 def _resolve(task: Path, overrides: list[str] | None):
+    from ._task_files import task_file
     from .tasks import load_task
 
+    task = task_file(task)
     resolved = load_task(task, overrides or [])
     heads = ", ".join(f"{k}={h.name}" for k, h in resolved.heads.items())
     t = resolved.train
+    model = resolved.model.preset if resolved.init is None else f"of {resolved.init.checkpoint}"
     err_console.print(
         f"resolved task {resolved.name} from {task}: data {resolved.dataset.params.get('path')}, "
-        f"model {resolved.model.preset}, heads [{heads}], steps {t.max_steps or str(t.epochs) + ' epochs'}, "
+        f"model {model}, heads [{heads}], steps {t.max_steps or str(t.epochs) + ' epochs'}, "
         f"batch {t.batch_size}, lr {t.lr}, engine {t.engine}",
         highlight=False,
         markup=False,
@@ -372,6 +384,18 @@ def _data_override(data: list[str] | None) -> list[str]:
     return [f"dataset.params.path={json.dumps(data[0] if len(data) == 1 else list(data))}"]
 
 
+WandbProjectOpt = Annotated[
+    str | None, typer.Option("--wandb-project", help="W&B project (default: $WANDB_PROJECT, else hepfm)")
+]
+
+
+def _wandb_project(project: str | None) -> None:
+    if project:
+        import os
+
+        os.environ["WANDB_PROJECT"] = project
+
+
 def _train(task, out: Path | None, resume: bool, fraction: float, wandb: str) -> None:
     from .train import train
 
@@ -391,29 +415,30 @@ def pretrain(
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option(help="continue an interrupted run")] = False,
     wandb: WandbOpt = "offline",
+    wandb_project: WandbProjectOpt = None,
 ) -> None:
     """Pretrain a backbone (self-supervised stage, then multi-task), as the task's stages declare."""
-    if task is None:  # ./tasks/pretrain.yaml, else the one shipped beside the package (source installs)
+    _wandb_project(wandb_project)
+    if task is None:  # ./tasks/pretrain.yaml, else the one shipped with hepfm
         task = Path("tasks/pretrain.yaml")
-        shipped = Path(__file__).resolve().parents[1] / "tasks" / "pretrain.yaml"
-        if not task.is_file() and shipped.is_file():
-            task = shipped
     overrides = list(set_ or []) + _data_override(data)
     _train(_resolve(task, overrides), out, resume, 1.0, wandb)
 
 
 @command()
 def finetune(
-    task: Annotated[Path, typer.Argument(help="task YAML")],
-    init: Annotated[Path | None, typer.Option(help="pretrained run folder")] = None,
+    task: Annotated[Path, typer.Argument(help="task YAML, or the name of a shipped one (qe_ttbar)")],
+    init: Annotated[Path | None, typer.Option(help="pretrained run folder (or exported model folder)")] = None,
     data: DataOpt = None,
     out: Annotated[Path | None, typer.Option(help="run folder")] = None,
     fraction: Annotated[float, typer.Option(help="train on this fraction of the training split")] = 1.0,
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option(help="continue an interrupted run")] = False,
     wandb: WandbOpt = "offline",
+    wandb_project: WandbProjectOpt = None,
 ) -> None:
     """Fine-tune a pretrained backbone with the heads a task names (or train from scratch without init)."""
+    _wandb_project(wandb_project)
     overrides = list(set_ or []) + _data_override(data)
     overrides += [f"init.checkpoint={init}"] if init else []
     _train(_resolve(task, overrides), out, resume, fraction, wandb)
@@ -467,13 +492,19 @@ def probe(
         write_json(json_out, r)
 
 
-def _print_metrics(results: dict[str, dict[str, float]], title: str) -> None:
-    table = Table(title=title, title_justify="left")
-    for col in ("metric", "figure", "value"):
-        table.add_column(col)
-    for metric, figures in results.items():
-        for name, value in figures.items():
-            table.add_row(metric, name, f"{value:.5g}")
+def _print_headline(rows, title: str) -> None:
+    """Model, baseline and difference per figure, grouped under their metric (fits 80 columns)."""
+    from rich import box
+
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("figure", "model", "baseline", "model - baseline" if len(rows) < 40 else "difference"):
+        table.add_column(col, justify="left" if col == "figure" else "right", no_wrap=True)
+    previous = None
+    for row in rows:
+        if row.metric != previous:
+            table.add_row(f"[bold]{escape(row.metric)}[/]", "", "", "")
+            previous = row.metric
+        table.add_row(f"  {escape(row.label())}", *row.cells())
     console.print(table)
 
 
@@ -491,9 +522,15 @@ def evaluate(
     ] = None,
     max_events: Annotated[int | None, typer.Option(help="score at most this many events")] = None,
     batch_size: Annotated[int, typer.Option(help="events per batch")] = 512,
-    seed: Annotated[int, typer.Option(help="seed of the generative heads' sampling")] = 0,
+    seed: Annotated[int, typer.Option(help="seed of the generative heads' sampling and of the bootstrap")] = 0,
+    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the uncertainties (0: none)")] = 30,
+    all_: Annotated[bool, typer.Option("--all", help="print every figure, not only the headline")] = False,
+    wandb: Annotated[str, typer.Option("--wandb", help="log figures and plots: disabled | offline | online")] = (
+        "disabled"
+    ),
+    wandb_project: WandbProjectOpt = None,
 ) -> None:
-    """Evaluate a run with its task's metrics on a store; write metrics.json and PNG plots."""
+    """Evaluate a run with its task's metrics on a store; print the headline; write summary.md, metrics.json, plots."""
     from .evaluate import evaluate as run_evaluate
 
     where = " ".join(data) if data else "its own data"
@@ -508,9 +545,25 @@ def evaluate(
         batch_size=batch_size,
         max_events=max_events,
         seed=seed,
+        bootstrap_resamples=bootstrap,
     )
-    _print_metrics(r.metrics, f"{r.n_events} events, {r.weights} weights, selected fraction {r.selected_fraction:.3f}")
-    console.print(f"wrote {r.path / 'metrics.json'} and {len(r.plots)} plots in {r.path / 'plots'}", markup=False)
+    from .evaluate import headline_rows
+
+    errs = f"± bootstrap std over {bootstrap} resamples" if bootstrap else "no bootstrap"
+    title = f"{r.n_events:,} events ({100 * r.selected_fraction:.1f}% pass the selection), {r.weights} weights; {errs}"
+    _print_headline(r.headline, title)
+    if all_:
+        names = {key: spec.name for key, spec in zip(r.metrics, r.specs, strict=True)}
+        _print_headline(headline_rows(r.metrics, r.errors, names, everything=True), "every figure")
+    console.print(
+        f"wrote {r.summary}, {r.path / 'metrics.json'} (every figure) and {len(r.plots)} plots in {r.path / 'plots'}",
+        markup=False,
+    )
+    if wandb != "disabled":
+        from .evaluate import log_to_wandb
+
+        folder = log_to_wandb(r, wandb, wandb_project)
+        console.print(f"logged the evaluation to W&B ({wandb}): {folder}", markup=False)
 
 
 @command()

@@ -233,8 +233,10 @@ class Metric(Protocol):
 
     Built as ``cls(params)``; ``compute(evaluation)`` returns named floats (raise ``ValueError``
     for data it cannot score: the caller reports it as one line). Optional members: ``headline``
-    (ClassVar tuple of the result names a study tabulates and plots; default all) and
-    ``plot(evaluation, out_dir)`` returning the PNG files it wrote.
+    (ClassVar tuple of the result names a study tabulates and plots and ``hepfm evaluate`` headlines;
+    patterns allowed; default all), ``units`` (ClassVar dict: figure-name pattern -> unit, e.g.
+    ``{"*resolution": "GeV"}``), and ``figures(evaluation)`` returning ``{stem: matplotlib Figure}``
+    (saved as ``stem.png``; the older ``plot(evaluation, out_dir)`` returning written PNGs still works).
     """
 
     name: ClassVar[str]

@@ -698,7 +698,7 @@ def plan_export(
         if path.is_dir():
             raise StoreError(f"{path}: is a directory")
         if path.exists() and not overwrite:
-            raise StoreError(f"{path}: exists; choose another --out or pass --overwrite")
+            raise StoreError(f"{path}: exists; choose another out or pass overwrite=True (--overwrite)")
     return ExportPlan(cls, store, out, files)
 
 

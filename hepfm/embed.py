@@ -76,7 +76,7 @@ def embed(
     """Write the frozen latents of every event of ``data`` that passes ``selection`` (see module docstring)."""
     out = Path(out)
     if out.exists() and not overwrite:
-        raise HepfmError(f"{out}: exists; choose another --out or pass --overwrite")
+        raise HepfmError(f"{out}: exists; choose another out or pass overwrite=True (--overwrite)")
     ckpt_path = find_checkpoint(run, which)
     model = load_model(ckpt_path)
     store = open_data(data, schema=model.schema)

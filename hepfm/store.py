@@ -304,7 +304,7 @@ class StoreWriter:
             raise StoreError(f"{path}: exists and is not a directory; refusing to touch it")
         if overwrite:
             if any(path.iterdir()) and not StoreWriter._is_store(path):
-                raise StoreError(f"{path}: exists and is not a hepfm event store; --overwrite only replaces stores")
+                raise StoreError(f"{path}: not a hepfm event store; overwrite=True (--overwrite) only replaces stores")
             return "overwrite"
         StoreWriter._open_existing(path)
         return "resume"
@@ -324,7 +324,7 @@ class StoreWriter:
         except Exception as exc:
             raise StoreError(f"{path}: exists and is not a readable event store ({type(exc).__name__})") from None
         if attrs.get("complete"):
-            raise StoreError(f"{path}: a complete store already exists; choose another --out or pass --overwrite")
+            raise StoreError(f"{path}: complete store already exists; pass overwrite=True (--overwrite) or another out")
         if attrs.get("hepfm") != FORMAT or "n_events" not in attrs:
             raise StoreError(f"{path}: exists and is not a hepfm event store; refusing to touch it")
         return g, attrs
@@ -342,12 +342,12 @@ class StoreWriter:
             if attrs.get(key) != value:
                 raise StoreError(
                     f"{self.path}: cannot resume, attribute '{key}' differs from this write "
-                    f"(pass --overwrite to start again)"
+                    f"(pass overwrite=True (--overwrite) to start again)"
                 )
         if attrs.get("provenance", {}) != provenance:
             raise StoreError(
                 f"{self.path}: cannot resume, attribute 'provenance' differs (other seed or settings); "
-                f"pass --overwrite to start again"
+                f"pass overwrite=True (--overwrite) to start again"
             )
         self.n_events = int(attrs["n_events"])
         for name in self._array_names():
