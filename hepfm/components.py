@@ -267,5 +267,5 @@ CONTRACTS: dict[str, Contract] = {
                           ("topology",)),  # fmt: skip
     "converter": Contract("hepfm_register_converters", Converter, (*_BASE, "describe", "read"),
                           ("counters", "path_params", "export", "export_companions")),  # fmt: skip
-    "metric": Contract("hepfm_register_metrics", Metric, (*_BASE, "compute"), ("headline", "plot")),
+    "metric": Contract("hepfm_register_metrics", Metric, (*_BASE, "compute"), ("headline", "units", "figures", "plot")),
 }

@@ -13,11 +13,16 @@ built-in plugin imports them. The contracts each kind of component must meet are
   ``energy_from_mass``, ``remap_indices``, ``require``.
 - Model pieces for heads: ``MLP``; diffusion (``alpha_sigma``, ``noise``, ``predict_x0_eps``,
   ``ddim_sample``, ``time_embedding``).
+- Stores: ``store_topology(store)`` (the decay topology a store carries, or its generator's).
 - Physics: the ``physics`` module (four-vectors, masses, boosts, the spin-correlation angles).
+- Plots: the ``plots`` module (``new_figure`` builds a ``Figure`` outside pyplot, ``styled``,
+  ``draw_hist``, ``fill``, ``binomial_band``, ``hep_label``, ``feature_label``, ``save_figure``):
+  hist + mplhep styling without touching matplotlib's global state.
 """
 
 from __future__ import annotations
 
+from . import _plots as plots
 from . import physics
 from ._errors import HepfmError
 from .components import Evaluation, HeadDims, Latents, Params
@@ -34,6 +39,7 @@ from .convert import (
 from .hookspecs import hookimpl
 from .model.backbone import MLP
 from .model.diffusion import alpha_sigma, ddim_sample, noise, predict_x0_eps, time_embedding
+from .report import store_topology
 from .schema import Batch, EventBlock, EventSchema, compute_globals
 
 __all__ = [
@@ -62,4 +68,6 @@ __all__ = [
     "ddim_sample",
     "time_embedding",
     "physics",
+    "plots",
+    "store_topology",
 ]

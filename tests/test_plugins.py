@@ -344,3 +344,20 @@ def test_broken_plugins_are_set_aside_named_and_stop_nothing_else(tmp_path):
         (row["kind"], row["name"]) for row in rows
     }
     assert "warning: HEPFM_LOAD_PLUGINS names 'exmaple', which matches no plugin" in r.stderr
+
+
+def test_plugins_use_only_the_public_sdk():
+    """Built-in and example plugins import from `hepfm`, `hepfm.sdk` and `hepfm.components` only."""
+    import ast
+
+    allowed = {"hepfm", "hepfm.sdk", "hepfm.components"}
+    for path in [*(ROOT / "plugins" / "hepfm_builtin").glob("*.py"), *EXAMPLE.rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("hepfm"):
+                if node.module.startswith("hepfm_"):
+                    continue
+                assert node.module in allowed, (path.name, node.module)
+                assert not any(a.name.startswith("_") for a in node.names), (path.name, node.module)
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    assert a.name in allowed or a.name.startswith("hepfm_") or not a.name.startswith("hepfm"), a.name

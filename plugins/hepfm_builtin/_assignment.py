@@ -108,7 +108,7 @@ def resolve_targets(params: dict[str, Any], store: Any) -> dict[str, Any]:
     p = AssignmentParams.model_validate(params)
     topo = store.topology or {}
     if not topo:
-        from hepfm.report import store_topology  # stores written without one: their generator's
+        from hepfm.sdk import store_topology  # stores written without one: their generator's
 
         topo = store_topology(store)
     generated = topo.get("assignment") if isinstance(topo.get("assignment"), dict) else {}

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from hepfm import EventBlock, EventSchema, HepfmError, compute_globals
 from hepfm.components import Params
-from hepfm.convert import ObjectGroup, SourceInfo, energy_from_mass, jagged_to_padded, pack_objects, require
+from hepfm.sdk import ObjectGroup, SourceInfo, energy_from_mass, jagged_to_padded, pack_objects, require
 
 ELECTRON_MASS = 0.000511  # GeV
 MUON_MASS = 0.105658  # GeV

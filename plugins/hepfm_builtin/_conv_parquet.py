@@ -16,7 +16,7 @@ from pydantic import Field, field_validator
 
 from hepfm import EventBlock, EventSchema, HepfmError, compute_globals
 from hepfm.components import Params
-from hepfm.convert import (
+from hepfm.sdk import (
     MappingError,
     ObjectGroup,
     SourceInfo,

@@ -14,8 +14,7 @@ from torch import nn
 
 from hepfm import Batch
 from hepfm.components import HeadDims, Latents, Params
-from hepfm.model.backbone import MLP
-from hepfm.model.diffusion import alpha_sigma, ddim_sample, noise, predict_x0_eps, time_embedding
+from hepfm.sdk import MLP, alpha_sigma, ddim_sample, noise, predict_x0_eps, time_embedding
 
 
 def _masked_mse(pred: torch.Tensor, target: torch.Tensor, sel: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -14,10 +14,10 @@ import numpy as np
 from pydantic import Field, model_validator
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from hepfm import _plots as hp
 from hepfm import hookimpl
-from hepfm import physics as ph
 from hepfm.components import Evaluation, Params
+from hepfm.sdk import physics as ph
+from hepfm.sdk import plots as hp
 
 COMPONENT_NAMES = ("px", "py", "pz", "E")
 
