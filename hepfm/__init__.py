@@ -12,6 +12,7 @@ from ._errors import HepfmError, StoreError, TaskError
 from ._hf_export import export_model_folder, load_model
 from ._selection import Selection, SelectionError
 from ._task_files import shipped_tasks, task_file
+from .dataset import EventDataset, open_data  # noqa: I001 (after store: it builds on it)
 from .hookspecs import hookimpl
 from .schema import Batch, EventBlock, EventSchema, Feature, FeatureStats, Normaliser, compute_globals
 from .store import EventLoader, EventStore, SplitSpec, StoreWriter
@@ -38,6 +39,8 @@ __all__ = [
     "EventStore",
     "SplitSpec",
     "StoreWriter",
+    "EventDataset",
+    "open_data",
     "Selection",
     "SelectionError",
     "load_model",

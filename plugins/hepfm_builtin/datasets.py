@@ -36,7 +36,7 @@ class ZarrDataset:
 
     def open(self):
         """Open the store or stores (checks completeness and, when given, the schema)."""
-        from hepfm.dataset import open_data
+        from hepfm import open_data
 
         return open_data(self.params.path, schema=self.schema)
 
