@@ -64,7 +64,12 @@ SchedulerOpt = Annotated[
 
 @command()
 def generate(
-    processes: Annotated[list[str], typer.Argument(help="PROCESS[=FRACTION]..., e.g. toy_signal=0.3 toy_background")],
+    processes: Annotated[
+        list[str] | None, typer.Argument(help="PROCESS[=FRACTION]..., e.g. toy_signal=0.3 toy_background")
+    ] = None,
+    list_processes: Annotated[
+        bool, typer.Option("--list", help="list every generator's processes and exit")
+    ] = False,
     events: Annotated[int, typer.Option("--events", "-n", help="number of events")] = 10_000,
     out: Annotated[Path, typer.Option("--out", "-o", help="event store to write (*.zarr)")] = Path("data/events.zarr"),
     seed: Annotated[int, typer.Option(help="master seed; same seed, same bytes")] = 0,
@@ -92,6 +97,13 @@ def generate(
     from .generate import find_generator, parse_processes, plan_generation, run_generation
     from .tasks import parse_override
 
+    if list_processes:
+        for r in plugins.registries()["dataset"]:
+            for name in getattr(r.cls, "processes", ()):
+                console.print(f"{r.name:10s} {name}", highlight=False)
+        return
+    if not processes:
+        raise HepfmError("generate: name at least one PROCESS (hepfm generate --list shows them)")
     params = {}
     for p in param or []:
         key, value = parse_override(p)
