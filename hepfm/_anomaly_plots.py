@@ -31,7 +31,13 @@ def plot_search(
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     _panel(axes[0], before, f"all events ({len(mass)})", config.signal_region, unit)
-    _panel(axes[1], after, f"score cut, {config.cut_efficiency:.0%} of background kept ({int(selected.sum())})", config.signal_region, unit)
+    _panel(
+        axes[1],
+        after,
+        f"score cut, {config.cut_efficiency:.0%} of background kept ({int(selected.sum())})",
+        config.signal_region,
+        unit,
+    )
     axes[0].set_title("before the cut", fontsize=9)
     axes[1].set_title("after the cut", fontsize=9)
     return [save_figure(fig, out / "spectrum_fit.png", f"{config.name}: CATHODE-style search")]

@@ -89,7 +89,9 @@ def bump_fit(
     def nll_b(p: np.ndarray) -> float:
         return _nll(_bkg(centres, p, lo, hi), counts)
 
-    fit_b = optimize.minimize(nll_b, start, method="Nelder-Mead", options={"maxiter": 4000, "xatol": 1e-6, "fatol": 1e-6})
+    fit_b = optimize.minimize(
+        nll_b, start, method="Nelder-Mead", options={"maxiter": 4000, "xatol": 1e-6, "fatol": 1e-6}
+    )
     best_b = fit_b.x
     sr_lo, sr_hi = signal_region
     w_lo, w_hi = width_bounds

@@ -41,6 +41,8 @@ __all__ = [
     "dimuon_features",
     "load_anomaly_config",
     "run_anomaly",
+    "search_stores",
+    "toy_events",
 ]
 
 #: High-level features of a dimuon event computed by ``dimuon_features`` (besides the mass).
@@ -72,6 +74,9 @@ class AnomalyConfig(BaseModel):
     name: str = "anomaly"
     description: str = ""
     stores: list[str] = Field(default_factory=list, description="event stores (dimuon events)")
+    signal_processes: list[str] = Field(
+        default_factory=list, description="processes counted as signal, only to report truth efficiencies"
+    )
     features: list[str] = Field(default_factory=lambda: list(DIMUON_FEATURES))
     fit_range: tuple[float, float] = Field(..., description="mass range of sidebands + signal region, GeV")
     signal_region: tuple[float, float]
@@ -85,18 +90,22 @@ class AnomalyConfig(BaseModel):
     def model_post_init(self, _: Any) -> None:
         (lo, hi), (a, b) = self.fit_range, self.signal_region
         if not lo < a < b < hi:
-            raise ValueError(f"need fit_range[0] < signal_region[0] < signal_region[1] < fit_range[1], got {lo, a, b, hi}")
+            raise ValueError(
+                f"need fit_range[0] < signal_region[0] < signal_region[1] < fit_range[1], got {lo, a, b, hi}"
+            )
         unknown = [f for f in self.features if f not in DIMUON_FEATURES]
         if self.stores and unknown:
             raise ValueError(f"features {unknown} unknown; dimuon features: {', '.join(DIMUON_FEATURES)}")
 
 
-def load_anomaly_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> AnomalyConfig:
-    """Read and validate an anomaly YAML (one error line naming the file and the key when bad)."""
-    data, lines = read_yaml(path, "anomaly config")
+def load_anomaly_config(path: str | os.PathLike, overrides: list[str] | None = None) -> AnomalyConfig:
+    """Read and validate an anomaly YAML, with ``key.path=value`` overrides (one error line when bad)."""
+    from .tasks import apply_overrides
+
+    data, _ = read_yaml(path, "anomaly config")
     if not isinstance(data, dict):
         raise HepfmError(f"{path}: an anomaly config must be a mapping")
-    data.update(overrides or {})
+    data = apply_overrides(data, overrides or [])
     try:
         return AnomalyConfig.model_validate(data)
     except ValidationError as exc:
@@ -321,7 +330,10 @@ def run_anomaly(
     sr = (mass > a) & (mass < b)
     sb = ~sr
     if sr.sum() < 20 or sb.sum() < 20:
-        raise HepfmError(f"anomaly '{config.name}': {int(sr.sum())} signal-region and {int(sb.sum())} sideband events; need >= 20 each")
+        raise HepfmError(
+            f"anomaly '{config.name}': {int(sr.sum())} signal-region and {int(sb.sum())} sideband events; "
+            "need >= 20 each"
+        )
     model = background_model or BackgroundModel(config.generative, config.seed).fit(features[sb], mass[sb])
     rng = np.random.default_rng(config.seed)
     sample_mass = rng.choice(mass[sr], size=int(sr.sum()) * config.generative.oversample, replace=True)
@@ -366,6 +378,19 @@ def run_anomaly(
         plot_search(out, config, before, after, mass, selected)
     return result, model
 
+
+def search_stores(
+    config: AnomalyConfig, out: str | os.PathLike | None = None, stores: list[str] | None = None
+) -> AnomalyResult:
+    """The search on dimuon event stores (``config.stores`` unless ``stores`` is given): ``hepfm anomaly``."""
+    paths = stores or config.stores
+    if not paths:
+        raise HepfmError(f"anomaly '{config.name}': no event stores (key 'stores' or --store)")
+    mass, feats, process = dimuon_features(paths)
+    cols = [DIMUON_FEATURES.index(f) for f in config.features]
+    truth = np.isin(process, config.signal_processes) if config.signal_processes else None
+    result, _ = run_anomaly(mass, feats[:, cols], config, out, is_signal=truth)
+    return result
 
 
 # --------------------------------------------------------------------------------------------

@@ -119,7 +119,6 @@ def process_table(
     return table
 
 
-
 # ------------------------------------------------------------------------------------------------
 # dimuon anomaly detection (issue 17): a low-mass dimuon continuum and the Upsilon(1S, 2S, 3S) -> mu mu,
 # both behind the ``dimuon_os`` trigger requirement (two opposite-sign muons, see _pythia_events)
