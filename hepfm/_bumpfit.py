@@ -4,7 +4,9 @@ The background is ``exp(p0 + p1 x + p2 x^2)`` with ``x`` the mass mapped to [-1,
 range; the signal a Gaussian with free yield (signed), mean inside the signal region and width
 inside given bounds. Both hypotheses are fitted to the binned spectrum with a Poisson likelihood
 (``scipy.optimize.minimize``, started from a ``scipy.optimize.curve_fit`` least-squares fit of the
-background); the local significance is ``Z = sign(yield) sqrt(2 (NLL_b - NLL_s+b))``.
+background). The local discovery significance is ``Z = sqrt(q0)``, ``q0 = 2 (NLL_b - NLL_s+b)``
+with the yield constrained to be >= 0 (Cowan, Cranmer, Gross, Vitells 2011): a deficit gives 0.
+It is local: the mean floats over the signal region (a look-elsewhere effect of a few trials).
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ def bump_fit(
 
     def expected_sb(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         p, s, mean, width = unpack(q)
+        s = abs(s)  # the yield >= 0
         return _bkg(centres, p, lo, hi), s * _gauss_bins(edges, mean, width)
 
     def nll_sb(q: np.ndarray) -> float:
@@ -111,7 +114,7 @@ def bump_fit(
 
     best = None
     for frac in (0.1, 0.3, 0.5, 0.7, 0.9):  # a few starting means across the signal region
-        q0 = np.concatenate([best_b, [0.0, special.logit(frac), 0.0]])
+        q0 = np.concatenate([best_b, [0.1 * np.sqrt(counts.sum()), special.logit(frac), 0.0]])
         r = optimize.minimize(nll_sb, q0, method="Nelder-Mead", options={"maxiter": 8000, "xatol": 1e-6, "fatol": 1e-6})
         r = optimize.minimize(nll_sb, r.x, method="Powell")
         if best is None or r.fun < best.fun:
@@ -119,8 +122,8 @@ def bump_fit(
     assert best is not None
     b_sb, s_sb = expected_sb(best.x)
     _, yield_, mean, width = unpack(best.x)
-    q = max(2.0 * (fit_b.fun - best.fun), 0.0)
-    z = float(np.sign(yield_) * np.sqrt(q))
+    yield_ = abs(yield_)
+    z = float(np.sqrt(max(2.0 * (fit_b.fun - best.fun), 0.0)))
     return BumpFit(
         edges=edges,
         counts=counts,

@@ -265,6 +265,8 @@ class AnomalyResult:
     n_selected: int
     threshold: float
     classifier_auc_sr: float  # data vs samples in the signal region, out of fold (0.5: nothing found)
+    pass_fraction_sr: float  # fraction of signal-region data above the threshold
+    pass_fraction_sb: float  # ... of sideband data: about cut_efficiency when the background model is good
     truth_signal_efficiency: float | None = None  # where process labels are known
     truth_background_efficiency: float | None = None
 
@@ -366,6 +368,8 @@ def run_anomaly(
         n_selected=int(selected.sum()),
         threshold=threshold,
         classifier_auc_sr=auc,
+        pass_fraction_sr=float(selected[sr].mean()),
+        pass_fraction_sb=float(selected[sb].mean()),
         truth_signal_efficiency=eff_s,
         truth_background_efficiency=eff_b,
     )

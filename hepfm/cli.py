@@ -528,6 +528,26 @@ def anomaly(
 
 
 @command()
+def xyh(
+    config: Annotated[Path, typer.Argument(help="mass-grid search YAML, e.g. tasks/xyh/xyh_grid.yaml")],
+    store: Annotated[list[str] | None, typer.Option(help="event store (repeat; default: the config's stores)")] = None,
+    out: Annotated[Path, typer.Option(help="output folder: metrics.json and grid.png")] = Path("runs/xyh"),
+    set_: SetOpt = None,
+) -> None:
+    """Classifier parametrised by the mass point over an (m_X, m_Y) grid; see docs/xyh.md."""
+    from .xyh import load_xyh_config, search_stores
+
+    cfg = load_xyh_config(config, set_)
+    err_console.print(f"xyh grid search '{cfg.name}' on {', '.join(store or cfg.stores)}", markup=False)
+    r = search_stores(cfg, out, store)
+    console.print(
+        f"{len(r.points)} mass points: median binned significance {r.median_z:.2f}, median AUC {r.median_auc:.3f}; "
+        f"wrote {out / 'metrics.json'} and {out / 'grid.png'}",
+        highlight=False,
+    )
+
+
+@command()
 def study(
     task: Annotated[Path, typer.Argument(help="fine-tuning task YAML (its metrics are reported)")],
     pretrained: Annotated[Path, typer.Option(help="pretrained run folder (or checkpoint file)")],

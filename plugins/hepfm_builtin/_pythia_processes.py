@@ -116,6 +116,7 @@ def process_table(
     for ma in A_MASSES:
         table[f"haa_4b_ma{ma}"] = _haa(ma)
     table.update(dimuon_processes(dimuon_pthat_min))
+    table.update(xyh_processes())
     return table
 
 
@@ -168,6 +169,48 @@ def dimuon_processes(pthat_min: float) -> dict[str, ProcessSpec]:
             require="dimuon_os",
         ),
     }
+
+
+
+# ------------------------------------------------------------------------------------------------
+# X -> Y H heavy-resonance search (issue 17): X = Pythia's H2 (id 35) from gluon fusion, forced to
+# Y H with Y = Pythia's A3 (id 36) and H = h(125) (id 25), both -> b bbar; on a grid of (m_X, m_Y)
+# ------------------------------------------------------------------------------------------------
+XYH_GRID: tuple[tuple[int, int], ...] = tuple((mx, my) for mx in (400, 600, 800) for my in (60, 100, 150))
+
+
+def _xyh(mx: int, my: int) -> ProcessSpec:
+    return ProcessSpec(
+        f"gg -> X -> Y H, Y -> b bbar, H(125) -> b bbar with m_X = {mx}, m_Y = {my} GeV "
+        "(X = Pythia's H2, id 35; Y = A3, id 36)",
+        (
+            (
+                "Higgs:useBSM = on",
+                "HiggsBSM:gg2H2 = on",
+                f"35:m0 = {mx}",
+                "35:mWidth = 1.0",
+                "35:doForceWidth = on",
+                f"35:mMin = {mx - 10}",
+                f"35:mMax = {mx + 10}",
+                "35:onMode = off",
+                "35:addChannel = 1 1.0 100 36 25",
+                f"36:m0 = {my}",
+                "36:mWidth = 0.01",
+                "36:doForceWidth = on",
+                f"36:mMin = {my - 1}",
+                f"36:mMax = {my + 1}",
+                "36:oneChannel = 1 1.0 100 5 -5",
+                "25:m0 = 125.0",
+                "25:onMode = off",
+                "25:onIfMatch = 5 -5",
+            ),
+        ),
+    )
+
+
+def xyh_processes() -> dict[str, ProcessSpec]:
+    """``xyh_mx{m_X}_my{m_Y}`` for every point of ``XYH_GRID``."""
+    return {f"xyh_mx{mx}_my{my}": _xyh(mx, my) for mx, my in XYH_GRID}
 
 
 # after every block above: the names of all processes
