@@ -1,12 +1,13 @@
 """Bump fit of a mass spectrum: smooth falling background plus a Gaussian, likelihood-ratio significance.
 
 The background is ``exp(p0 + p1 x + p2 x^2)`` with ``x`` the mass mapped to [-1, 1] over the fit
-range; the signal a Gaussian with free yield (signed), mean inside the signal region and width
-inside given bounds. Both hypotheses are fitted to the binned spectrum with a Poisson likelihood
+range; the signal a Gaussian with a yield >= 0, its mean fixed or floating inside the signal region
+and its width inside given bounds. Both hypotheses are fitted to the binned spectrum with a Poisson likelihood
 (``scipy.optimize.minimize``, started from a ``scipy.optimize.curve_fit`` least-squares fit of the
 background). The local discovery significance is ``Z = sqrt(q0)``, ``q0 = 2 (NLL_b - NLL_s+b)``
 with the yield constrained to be >= 0 (Cowan, Cranmer, Gross, Vitells 2011): a deficit gives 0.
-It is local: the mean floats over the signal region (a look-elsewhere effect of a few trials).
+With a floating mean it is a local significance: the mean scans the signal region, a look-elsewhere
+effect of roughly (signal-region width / signal width) trials.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def bump_fit(
     signal_region: tuple[float, float],
     width_bounds: tuple[float, float],
     bins: int = 60,
+    mean: float | None = None,
 ) -> BumpFit:
     """Fit background-only and background + Gaussian to the histogram of ``mass`` in ``fit_range``.
 
@@ -65,8 +67,10 @@ def bump_fit(
         mass: Masses of the selected events.
         fit_range: (low, high) of the fitted spectrum.
         signal_region: The Gaussian mean is bounded to this interval.
-        width_bounds: (min, max) of the Gaussian width.
+        width_bounds: (min, max) of the Gaussian width; equal values fix it.
         bins: Equal-width bins over the fit range.
+        mean: Fix the Gaussian mean here (a single hypothesis, no look-elsewhere effect);
+            None lets it float over the signal region.
     """
     lo, hi = fit_range
     edges = np.linspace(lo, hi, bins + 1)
@@ -94,26 +98,27 @@ def bump_fit(
     fit_b = optimize.minimize(
         nll_b, start, method="Nelder-Mead", options={"maxiter": 4000, "xatol": 1e-6, "fatol": 1e-6}
     )
+    fit_b = optimize.minimize(nll_b, fit_b.x, method="Powell")  # the same refinement as the s + b fit
     best_b = fit_b.x
     sr_lo, sr_hi = signal_region
     w_lo, w_hi = width_bounds
 
     def unpack(q: np.ndarray) -> tuple[np.ndarray, float, float, float]:
-        mean = sr_lo + (sr_hi - sr_lo) * special.expit(q[4])
+        m = sr_lo + (sr_hi - sr_lo) * special.expit(q[4]) if mean is None else mean
         width = w_lo + (w_hi - w_lo) * special.expit(q[5])
-        return q[:3], float(q[3]), float(mean), float(width)
+        return q[:3], float(q[3]), float(m), float(width)
 
     def expected_sb(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        p, s, mean, width = unpack(q)
+        p, s, mu, width = unpack(q)
         s = abs(s)  # the yield >= 0
-        return _bkg(centres, p, lo, hi), s * _gauss_bins(edges, mean, width)
+        return _bkg(centres, p, lo, hi), s * _gauss_bins(edges, mu, width)
 
     def nll_sb(q: np.ndarray) -> float:
         b, s = expected_sb(q)
         return _nll(b + s, counts)
 
     best = None
-    for frac in (0.1, 0.3, 0.5, 0.7, 0.9):  # a few starting means across the signal region
+    for frac in (0.1, 0.3, 0.5, 0.7, 0.9) if mean is None else (0.5,):  # starting means across the region
         q0 = np.concatenate([best_b, [0.1 * np.sqrt(counts.sum()), special.logit(frac), 0.0]])
         r = optimize.minimize(nll_sb, q0, method="Nelder-Mead", options={"maxiter": 8000, "xatol": 1e-6, "fatol": 1e-6})
         r = optimize.minimize(nll_sb, r.x, method="Powell")
@@ -121,7 +126,7 @@ def bump_fit(
             best = r
     assert best is not None
     b_sb, s_sb = expected_sb(best.x)
-    _, yield_, mean, width = unpack(best.x)
+    _, yield_, fitted_mean, width = unpack(best.x)
     yield_ = abs(yield_)
     z = float(np.sqrt(max(2.0 * (fit_b.fun - best.fun), 0.0)))
     return BumpFit(
@@ -131,7 +136,7 @@ def bump_fit(
         background=b_sb,
         signal=s_sb,
         signal_yield=yield_,
-        mean=mean,
+        mean=fitted_mean,
         width=width,
         z=z,
         params={"p0": float(best_b[0]), "p1": float(best_b[1]), "p2": float(best_b[2])},

@@ -81,6 +81,9 @@ class AnomalyConfig(BaseModel):
     fit_range: tuple[float, float] = Field(..., description="mass range of sidebands + signal region, GeV")
     signal_region: tuple[float, float]
     width_bounds: tuple[float, float] = Field((0.05, 0.5), description="Gaussian width bounds of the bump fit, GeV")
+    signal_mean: float | None = Field(
+        None, description="fix the bump fit's Gaussian mean (one hypothesis); None: it floats over the signal region"
+    )
     bins: int = Field(60, ge=10)
     cut_efficiency: float = Field(0.1, gt=0, le=1, description="background fraction kept by the score cut")
     seed: int = 0
@@ -348,8 +351,9 @@ def run_anomaly(
     from sklearn.metrics import roc_auc_score
 
     auc = float(roc_auc_score(np.r_[np.ones(len(s_data)), np.zeros(len(s_samples))], np.r_[s_data, s_samples]))
-    before = bump_fit(mass, config.fit_range, config.signal_region, config.width_bounds, config.bins)
-    after = bump_fit(mass[selected], config.fit_range, config.signal_region, config.width_bounds, config.bins)
+    fit = (config.fit_range, config.signal_region, config.width_bounds, config.bins, config.signal_mean)
+    before = bump_fit(mass, *fit)
+    after = bump_fit(mass[selected], *fit)
     eff_s = eff_b = None
     if truth is not None and truth.any():
         eff_s = float(selected[sr & truth].mean())
