@@ -32,6 +32,7 @@ from ._yaml import read_yaml
 
 __all__ = [
     "XYH_FEATURES",
+    "binned_significance",
     "GridResult",
     "ParametrisedClassifier",
     "XYHConfig",
@@ -191,6 +192,19 @@ class ParametrisedClassifier:
         return torch.sigmoid(self.net(self._inputs(features, pts)).squeeze(-1)).numpy()
 
 
+def binned_significance(
+    signal_scores: np.ndarray, background_scores: np.ndarray, bins: int, signal_yield: float, background_yield: float
+) -> float:
+    """Asimov significance of the score histogram (scores in [0, 1]) normalised to expected yields.
+
+    Empty background bins get one event's worth of the background sample (no infinite significance).
+    """
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    b = np.histogram(background_scores, edges)[0] / len(background_scores) * background_yield
+    s = np.histogram(signal_scores, edges)[0] / len(signal_scores) * signal_yield
+    return asimov_z(s, np.maximum(b, background_yield / len(background_scores)))
+
+
 @dataclass
 class GridResult:
     """Per mass point: AUC and binned significance; and their medians over the grid."""
@@ -217,17 +231,13 @@ def evaluate_grid(
 
     bkg = features[~is_signal]
     aucs, zs = [], []
-    edges = np.linspace(0.0, 1.0, bins + 1)
     for mx, my in grid:
         sig = features[is_signal & (points[:, 0] == mx) & (points[:, 1] == my)]
         if len(sig) == 0:
             raise HepfmError(f"evaluate_grid: no signal events at the mass point ({mx:g}, {my:g})")
         sb, ss = clf.score(bkg, (mx, my)), clf.score(sig, (mx, my))
         aucs.append(float(roc_auc_score(np.r_[np.zeros(len(sb)), np.ones(len(ss))], np.r_[sb, ss])))
-        b = np.histogram(sb, edges)[0] / len(sb) * background_yield
-        s = np.histogram(ss, edges)[0] / len(ss) * signal_yield
-        # empty background bins: one event's worth of the background sample (no infinite significance)
-        zs.append(asimov_z(s, np.maximum(b, background_yield / len(sb))))
+        zs.append(binned_significance(ss, sb, bins, signal_yield, background_yield))
     return GridResult([tuple(map(float, p)) for p in grid], aucs, zs, float(np.median(aucs)), float(np.median(zs)))
 
 

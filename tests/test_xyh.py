@@ -109,3 +109,43 @@ def test_xyh_command_end_to_end(tmp_path, cli):
     assert {(p["m_x"], p["m_y"]) for p in saved["points"]} == {(400.0, 60.0), (600.0, 100.0)}
     assert all(0.0 <= p["auc"] <= 1.0 for p in saved["points"])
     assert (out / "grid.png").stat().st_size > 5_000
+
+
+def test_xyh_task_trains_the_parametrised_head_and_reports_the_grid(tmp_path, cli):
+    """tasks/xyh.yaml end to end on a tiny store: finetune (tiny model), evaluate, mass_grid metric."""
+    pytest.importorskip("pythia8mc")
+    store = tmp_path / "xyh.zarr"
+    r = cli(
+        "generate",
+        "xyh_mx400_my60=0.3",
+        "xyh_mx800_my150=0.3",
+        "ttbar_hadronic=0.4",
+        "--events",
+        "300",
+        "--fast",
+        "--out",
+        store,
+        "--seed",
+        "2",
+    )
+    assert r.exit_code == 0, r.stdout + r.stderr
+    run = tmp_path / "run"
+    sets = [
+        "model.preset=tiny",
+        "init=null",
+        "selection=[]",
+        "train.max_steps=8",
+        "train.batch_size=64",
+        "train.val_batches=1",
+        "heads.signal.params.points=[[400,60],[800,150]]",
+        f"dataset.params.path={store}",
+    ]
+    r = cli("finetune", ROOT / "tasks" / "xyh.yaml", "--out", run, *[a for s in sets for a in ("--set", s)])
+    assert r.exit_code == 0, r.stdout + r.stderr
+    r = cli("evaluate", run, "--split", "all")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    grid = metrics["metrics"]["mass_grid"]
+    assert set(grid) >= {"median_z", "median_auc", "auc_400_60", "auc_800_150", "z_400_60"}
+    assert 0.0 <= grid["median_auc"] <= 1.0 and grid["median_z"] >= 0.0
+    assert (run / "eval" / "plots").is_dir()
