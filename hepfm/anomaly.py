@@ -212,6 +212,11 @@ class BackgroundModel:
         """Train on events [n, F] at masses [n] (standardised internally; mass conditioning as log m)."""
         c = self.config
         torch.manual_seed(self.seed)
+        # integer features (multiplicities) are dequantised with uniform noise, non-negative ones
+        # (momenta) enter as log(1 + x): smooth densities a diffusion model can learn
+        self.integer = np.all(features == np.round(features), axis=0)
+        self.positive = features.min(0) >= 0
+        features = self._forward(features, np.random.default_rng(self.seed))
         self.mu, self.sd = features.mean(0), features.std(0) + 1e-9
         lm = np.log(mass)
         self.m_mu, self.m_sd = lm.mean(), lm.std() + 1e-9
@@ -246,7 +251,16 @@ class BackgroundModel:
         m = torch.tensor((np.log(mass) - self.m_mu) / self.m_sd, dtype=torch.float32)
         gen = torch.Generator().manual_seed(seed)
         x = ddim_sample(lambda x_t, t: self.net(x_t, t, m), (len(m), len(self.mu)), self.config.steps, gen)
-        return x.numpy().astype(np.float64) * self.sd + self.mu
+        return self._inverse(x.numpy().astype(np.float64) * self.sd + self.mu)
+
+    def _forward(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        x = np.where(self.integer, x + rng.random(x.shape), x)
+        return np.where(self.positive, np.log1p(np.maximum(x, 0.0)), x)
+
+    def _inverse(self, y: np.ndarray) -> np.ndarray:
+        x = np.where(self.positive, np.expm1(np.clip(y, None, 50.0)), y)
+        x = np.where(self.integer, np.floor(x), x)
+        return np.where(self.positive, np.maximum(x, 0.0), x)
 
 
 # --------------------------------------------------------------------------------------------
