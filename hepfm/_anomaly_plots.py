@@ -34,7 +34,7 @@ def plot_search(
     _panel(
         axes[1],
         after,
-        f"score cut, {config.cut_efficiency:.0%} of background kept ({int(selected.sum())})",
+        f"score above the samples' {1 - config.cut_efficiency:.0%} quantile ({int(selected.sum())} events)",
         config.signal_region,
         unit,
     )
