@@ -64,7 +64,10 @@ SchedulerOpt = Annotated[
 
 @command()
 def generate(
-    processes: Annotated[list[str], typer.Argument(help="PROCESS[=FRACTION]..., e.g. toy_signal=0.3 toy_background")],
+    processes: Annotated[
+        list[str] | None, typer.Argument(help="PROCESS[=FRACTION]..., e.g. toy_signal=0.3 toy_background")
+    ] = None,
+    list_processes: Annotated[bool, typer.Option("--list", help="list every generator's processes and exit")] = False,
     events: Annotated[int, typer.Option("--events", "-n", help="number of events")] = 10_000,
     out: Annotated[Path, typer.Option("--out", "-o", help="event store to write (*.zarr)")] = Path("data/events.zarr"),
     seed: Annotated[int, typer.Option(help="master seed; same seed, same bytes")] = 0,
@@ -92,6 +95,13 @@ def generate(
     from .generate import find_generator, parse_processes, plan_generation, run_generation
     from .tasks import parse_override
 
+    if list_processes:
+        for r in plugins.registries()["dataset"]:
+            for name in getattr(r.cls, "processes", ()):
+                console.print(f"{r.name:10s} {name}", highlight=False)
+        return
+    if not processes:
+        raise HepfmError("generate: name at least one PROCESS (hepfm generate --list shows them)")
     params = {}
     for p in param or []:
         key, value = parse_override(p)
@@ -582,6 +592,46 @@ def predict(
     res = run_predict(run, data, out, batch_size=batch_size, weights=weights, overwrite=overwrite, seed=seed)
     console.print(
         f"wrote {res.n_events} rows, {len(res.columns)} columns to {res.path} ({res.events_per_s:,.0f} events/s)",
+        highlight=False,
+    )
+
+
+@command()
+def anomaly(
+    config: Annotated[Path, typer.Argument(help="anomaly search YAML, e.g. tasks/anomaly/dimuon_ad.yaml")],
+    store: Annotated[list[str] | None, typer.Option(help="event store (repeat; default: the config's stores)")] = None,
+    out: Annotated[Path, typer.Option(help="output folder: metrics.json and spectrum_fit.png")] = Path("runs/anomaly"),
+    set_: SetOpt = None,
+) -> None:
+    """Weakly supervised resonant anomaly search (CATHODE-style) with a bump fit; see docs/anomaly.md."""
+    from .anomaly import load_anomaly_config, search_stores
+
+    cfg = load_anomaly_config(config, set_)
+    err_console.print(f"anomaly search '{cfg.name}' on {', '.join(store or cfg.stores)}", markup=False)
+    r = search_stores(cfg, out, store)
+    console.print(
+        f"Z before the cut {r.z_before:.2f}, after {r.z_after:.2f} (fitted mean {r.mean_after:.3f}, "
+        f"{r.n_selected} of {r.n_events} events kept); wrote {out / 'metrics.json'} and {out / 'spectrum_fit.png'}",
+        highlight=False,
+    )
+
+
+@command()
+def xyh(
+    config: Annotated[Path, typer.Argument(help="mass-grid search YAML, e.g. tasks/xyh/xyh_grid.yaml")],
+    store: Annotated[list[str] | None, typer.Option(help="event store (repeat; default: the config's stores)")] = None,
+    out: Annotated[Path, typer.Option(help="output folder: metrics.json and grid.png")] = Path("runs/xyh"),
+    set_: SetOpt = None,
+) -> None:
+    """Classifier parametrised by the mass point over an (m_X, m_Y) grid; see docs/xyh.md."""
+    from .xyh import load_xyh_config, search_stores
+
+    cfg = load_xyh_config(config, set_)
+    err_console.print(f"xyh grid search '{cfg.name}' on {', '.join(store or cfg.stores)}", markup=False)
+    r = search_stores(cfg, out, store)
+    console.print(
+        f"{len(r.points)} mass points: median binned significance {r.median_z:.2f}, median AUC {r.median_auc:.3f}; "
+        f"wrote {out / 'metrics.json'} and {out / 'grid.png'}",
         highlight=False,
     )
 

@@ -80,7 +80,7 @@ metrics: [roc_auc, bogus]
         (8, "heads.q.name", "unknown head 'nope'; known: assignment, classification"),
         (10, "train.lr", "valid number"),
         (11, "split", "must be 1"),
-        (12, "metrics.1.name", "unknown metric 'bogus'; known: accuracy, neutrino_residuals, pairing, roc_auc"),
+        (12, "metrics.1.name", "unknown metric 'bogus'; known: accuracy, mass_grid, neutrino_residuals, pairing"),
     ]
     assert len(got) == len(expected), got
     for line, key, msg in expected:
@@ -102,7 +102,11 @@ BAD_TASKS = {
     ),
     "unknown_metric": (
         GOOD.replace("[accuracy]", "[acuracy]"),
-        ["task.yaml:5", "metrics.0.name", "known: accuracy, neutrino_residuals, pairing, roc_auc, spin_correlation"],
+        [
+            "task.yaml:5",
+            "metrics.0.name",
+            "known: accuracy, mass_grid, neutrino_residuals, pairing, roc_auc, spin_correlation",
+        ],
     ),
     "bad_head_params": (
         GOOD.replace("num_classes: 3", "num_classes: 1"),

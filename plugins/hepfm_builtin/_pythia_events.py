@@ -459,3 +459,40 @@ def _record(targets: dict[str, np.ndarray], i: int, leaf: Leaf, rank: int) -> No
     targets["segment"][i, rank] = leaf.segment
     if leaf.slot >= 0:
         targets["assignment"][i, leaf.slot] = rank
+
+
+# --------------------------------------------------------------------------------------------
+# event requirements (a process's ``require``): the generator keeps only the events that pass
+# --------------------------------------------------------------------------------------------
+DIMUON_PT_MIN = 10.0  # both muons, GeV (the detector's lepton threshold)
+DIMUON_ETA_MAX = 2.4
+
+
+def dimuon_os(rec: Reconstructed) -> np.ndarray:
+    """A dimuon trigger: two opposite-sign reconstructed muons with pT > 10 GeV and |eta| < 2.4."""
+    f = {name: i for i, name in enumerate(FEATURES)}
+    o = rec.objects
+    mu = (
+        rec.mask
+        & (rec.targets["flavour"] == 13)
+        & (o[..., f["pt"]] > DIMUON_PT_MIN)
+        & (np.abs(o[..., f["eta"]]) < DIMUON_ETA_MAX)
+    )
+    charge = o[..., f["charge"]]
+    return (mu & (charge > 0)).any(1) & (mu & (charge < 0)).any(1)
+
+
+#: name -> function(Reconstructed) -> bool [n]: which events of a batch pass
+REQUIREMENTS = {"dimuon_os": dimuon_os}
+
+
+def select(rec: Reconstructed, keep: np.ndarray) -> Reconstructed:
+    """The events ``keep`` (bool or indices) of a reconstructed batch."""
+    return Reconstructed(
+        rec.objects[keep],
+        rec.mask[keep],
+        rec.met[keep],
+        rec.met_phi[keep],
+        rec.weights[keep],
+        {k: v[keep] for k, v in rec.targets.items()},
+    )

@@ -23,6 +23,9 @@ class ProcessSpec:
 
     description: str
     parts: tuple[tuple[str, ...], ...]
+    #: name of an event requirement in ``_pythia_events.REQUIREMENTS`` ("" for none): the generator
+    #: keeps generating until ``n`` events pass it (e.g. a trigger)
+    require: str = ""
 
 
 def _haa(ma: int) -> ProcessSpec:
@@ -44,7 +47,9 @@ def _haa(ma: int) -> ProcessSpec:
     )
 
 
-def process_table(qcd_pthat_min: float, qcd_bb_pthat_min: float, vjets_pthat_min: float) -> dict[str, ProcessSpec]:
+def process_table(
+    qcd_pthat_min: float, qcd_bb_pthat_min: float, vjets_pthat_min: float, dimuon_pthat_min: float = 30.0
+) -> dict[str, ProcessSpec]:
     """Name -> ProcessSpec, with the configurable phase-space cuts filled in."""
     table = {
         "ttbar_dilepton": ProcessSpec("ttbar, both W -> e/mu nu", ((*TTBAR, *W_TO_E_MU),)),
@@ -110,7 +115,103 @@ def process_table(qcd_pthat_min: float, qcd_bb_pthat_min: float, vjets_pthat_min
     }
     for ma in A_MASSES:
         table[f"haa_4b_ma{ma}"] = _haa(ma)
+    table.update(dimuon_processes(dimuon_pthat_min))
+    table.update(xyh_processes())
     return table
 
 
+# ------------------------------------------------------------------------------------------------
+# dimuon anomaly detection (issue 17): a low-mass dimuon continuum and the Upsilon(1S, 2S, 3S) -> mu mu,
+# both behind the ``dimuon_os`` trigger requirement (two opposite-sign muons, see _pythia_events)
+# ------------------------------------------------------------------------------------------------
+UPSILONS = (553, 100553, 200553)
+DIMUON_MASS_RANGE = (5.0, 20.0)  # gamma* mass window of the continuum, GeV
+
+
+def dimuon_processes(pthat_min: float) -> dict[str, ProcessSpec]:
+    """``dimuon_continuum`` (gamma* + jet -> mu mu + jet) and ``upsilon_mumu`` (NRQCD bottomonium)."""
+    lo, hi = DIMUON_MASS_RANGE
+    forced = [f"{u}:{k}" for u in UPSILONS for k in ("onMode = off", "onIfMatch = 13 -13")]
+    states = ",".join(str(u) for u in UPSILONS)
+    on3 = "on,on,on"
+    return {
+        "dimuon_continuum": ProcessSpec(
+            f"Drell-Yan gamma* + jet (qqbar -> gamma* g, qg -> gamma* q), gamma* -> mu mu with "
+            f"{lo:g} < m < {hi:g} GeV, pT-hat > {pthat_min:g} GeV; dimuon trigger",
+            (
+                (
+                    "WeakBosonAndParton:qqbar2gmZg = on",
+                    "WeakBosonAndParton:qg2gmZq = on",
+                    "WeakZ0:gmZmode = 1",
+                    f"23:mMin = {lo}",
+                    f"23:mMax = {hi}",
+                    "23:onMode = off",
+                    "23:onIfAny = 13",
+                    f"PhaseSpace:pTHatMin = {pthat_min}",
+                ),
+            ),
+            require="dimuon_os",
+        ),
+        "upsilon_mumu": ProcessSpec(
+            f"Upsilon(1S, 2S, 3S) -> mu mu (Pythia Bottomonium, colour singlet and octet 3S1), "
+            f"pT-hat > {pthat_min:g} GeV; dimuon trigger",
+            (
+                (
+                    f"Bottomonium:states(3S1) = {states}",
+                    f"Bottomonium:gg2bbbar(3S1)[3S1(1)]g = {on3}",
+                    f"Bottomonium:gg2bbbar(3S1)[3S1(8)]g = {on3}",
+                    f"Bottomonium:qg2bbbar(3S1)[3S1(8)]q = {on3}",
+                    f"Bottomonium:qqbar2bbbar(3S1)[3S1(8)]g = {on3}",
+                    f"PhaseSpace:pTHatMin = {pthat_min}",
+                    *forced,
+                ),
+            ),
+            require="dimuon_os",
+        ),
+    }
+
+
+
+# ------------------------------------------------------------------------------------------------
+# X -> Y H heavy-resonance search (issue 17): X = Pythia's H2 (id 35) from gluon fusion, forced to
+# Y H with Y = Pythia's A3 (id 36) and H = h(125) (id 25), both -> b bbar; on a grid of (m_X, m_Y)
+# ------------------------------------------------------------------------------------------------
+XYH_GRID: tuple[tuple[int, int], ...] = tuple((mx, my) for mx in (400, 600, 800) for my in (60, 100, 150))
+
+
+def _xyh(mx: int, my: int) -> ProcessSpec:
+    return ProcessSpec(
+        f"gg -> X -> Y H, Y -> b bbar, H(125) -> b bbar with m_X = {mx}, m_Y = {my} GeV "
+        "(X = Pythia's H2, id 35; Y = A3, id 36)",
+        (
+            (
+                "Higgs:useBSM = on",
+                "HiggsBSM:gg2H2 = on",
+                f"35:m0 = {mx}",
+                "35:mWidth = 1.0",
+                "35:doForceWidth = on",
+                f"35:mMin = {mx - 10}",
+                f"35:mMax = {mx + 10}",
+                "35:onMode = off",
+                "35:addChannel = 1 1.0 100 36 25",
+                f"36:m0 = {my}",
+                "36:mWidth = 0.01",
+                "36:doForceWidth = on",
+                f"36:mMin = {my - 1}",
+                f"36:mMax = {my + 1}",
+                "36:oneChannel = 1 1.0 100 5 -5",
+                "25:m0 = 125.0",
+                "25:onMode = off",
+                "25:onIfMatch = 5 -5",
+            ),
+        ),
+    )
+
+
+def xyh_processes() -> dict[str, ProcessSpec]:
+    """``xyh_mx{m_X}_my{m_Y}`` for every point of ``XYH_GRID``."""
+    return {f"xyh_mx{mx}_my{my}": _xyh(mx, my) for mx, my in XYH_GRID}
+
+
+# after every block above: the names of all processes
 PROCESS_NAMES: tuple[str, ...] = tuple(process_table(50.0, 20.0, 20.0))

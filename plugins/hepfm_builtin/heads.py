@@ -13,6 +13,7 @@ from hepfm.components import HeadDims, Latents, Params
 
 from ._assignment import AssignmentHead
 from ._generative import InvisibleDiffusionHead, VisibleDiffusionHead
+from ._parametrised import ParametrisedClassificationHead
 from ._segmentation import SegmentationHead
 
 
@@ -157,4 +158,5 @@ def hepfm_register_heads() -> list[type]:
         SegmentationHead,
         VisibleDiffusionHead,
         InvisibleDiffusionHead,
+        ParametrisedClassificationHead,
     ]

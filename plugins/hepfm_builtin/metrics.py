@@ -618,4 +618,6 @@ class SpinCorrelation(_DileptonTtbar):
 @hookimpl
 def hepfm_register_metrics() -> list[type]:
     """Built-in metrics."""
-    return [RocAuc, Accuracy, Pairing, NeutrinoResiduals, SpinCorrelation]
+    from ._parametrised import MassGrid
+
+    return [RocAuc, Accuracy, Pairing, NeutrinoResiduals, SpinCorrelation, MassGrid]

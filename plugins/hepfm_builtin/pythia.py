@@ -19,11 +19,13 @@ from pydantic import Field
 from hepfm import EventBlock, EventSchema, HepfmError, compute_globals, hookimpl
 from hepfm.components import Params
 
-from ._pythia_events import FEATURES, SEGMENTS, SLOTS, FlatBatch, reconstruct, target_specs
+from ._pythia_events import FEATURES, REQUIREMENTS, SEGMENTS, SLOTS, FlatBatch, reconstruct, select, target_specs
 from ._pythia_processes import A_MASSES, PROCESS_NAMES, process_table
 
 #: Events per ``nextBatch`` call: big enough for the batched clustering, small enough for memory.
 BATCH_EVENTS = 250
+#: A process with a requirement gives up when this many batches in a row have no passing event.
+MAX_EMPTY_BATCHES = 40
 #: Pythia seeds must lie in 1..900,000,000.
 _PYTHIA_SEED_MAX = 900_000_000
 
@@ -132,6 +134,9 @@ class PythiaGenerator:
         qcd_pthat_min: float = Field(50.0, gt=0, description="pT-hat minimum of qcd_multijet, GeV")
         qcd_bb_pthat_min: float = Field(20.0, gt=0, description="pT-hat minimum of qcd_bb, GeV")
         vjets_pthat_min: float = Field(20.0, gt=0, description="pT-hat minimum of wjets and zjets, GeV")
+        dimuon_pthat_min: float = Field(
+            30.0, gt=0, description="pT-hat minimum of dimuon_continuum and upsilon_mumu, GeV"
+        )
 
     def __init__(self, params: Params, schema: EventSchema) -> None:
         extra = [f for f in schema.object_names if f not in FEATURES]
@@ -144,7 +149,9 @@ class PythiaGenerator:
         _import_backends()  # fail here, before a store is created, when the extra is not installed
         self.params, self.schema = params, schema
         self._order = [FEATURES.index(f) for f in schema.object_names]
-        self._table = process_table(params.qcd_pthat_min, params.qcd_bb_pthat_min, params.vjets_pthat_min)
+        self._table = process_table(
+            params.qcd_pthat_min, params.qcd_bb_pthat_min, params.vjets_pthat_min, params.dimuon_pthat_min
+        )
         self._pythias: dict[tuple[str, int], Any] = {}
 
     def targets(self) -> dict[str, dict[str, Any]]:
@@ -200,16 +207,28 @@ class PythiaGenerator:
                 continue
             pythia = self._pythia(process, part)
             pythia.rndm.init(int(states[part]) % (_PYTHIA_SEED_MAX - 1) + 1)
-            done, failures = 0, 0
+            require = REQUIREMENTS[self._table[process].require] if self._table[process].require else None
+            done, failures, empty = 0, 0, 0
             while done < count:
-                batch = pythia.nextBatch(min(BATCH_EVENTS, count - done))
+                size = BATCH_EVENTS if require else min(BATCH_EVENTS, count - done)
+                batch = pythia.nextBatch(size)
                 if len(batch) == 0:
                     failures += 1
                     if failures >= 3:
                         raise HepfmError(f"generator 'pythia', process '{process}': Pythia produced no events")
                     continue
-                pieces.append(reconstruct(FlatBatch.from_awkward(batch), rng, self.schema.max_objects))
-                done += len(batch)
+                rec = reconstruct(FlatBatch.from_awkward(batch), rng, self.schema.max_objects)
+                if require is not None:  # keep generating until `count` events pass
+                    keep = np.flatnonzero(require(rec))[: count - done]
+                    empty = 0 if keep.size else empty + 1
+                    if empty >= MAX_EMPTY_BATCHES:
+                        raise HepfmError(
+                            f"generator 'pythia', process '{process}': no event of {empty * size} passed "
+                            f"requirement '{self._table[process].require}'"
+                        )
+                    rec = select(rec, keep)
+                pieces.append(rec)
+                done += len(rec.mask)
         if not pieces:  # n == 0
             big_n, specs = self.schema.max_objects, self.targets()
             return EventBlock(
