@@ -96,8 +96,8 @@ def generate(
     from .tasks import parse_override
 
     if list_processes:
-        for r in plugins.registries()["dataset"]:
-            for name in getattr(r.cls, "processes", ()):
+        for r in plugins.generators():
+            for name in r.cls.processes:
                 console.print(f"{r.name:10s} {name}", highlight=False)
         return
     if not processes:

@@ -13,6 +13,8 @@ built-in plugin imports them. The contracts each kind of component must meet are
   ``energy_from_mass``, ``remap_indices``, ``require``.
 - Model pieces for heads: ``MLP``; diffusion (``alpha_sigma``, ``noise``, ``predict_x0_eps``,
   ``ddim_sample``, ``time_embedding``).
+- Statistics: ``binned_significance`` (Asimov significance over score bins), ``GridResult`` and
+  ``plot_grid`` (figures per mass point of a parametrised search).
 - Stores: ``store_topology(store)`` (the decay topology a store carries, or its generator's).
 - Physics: the ``physics`` module (four-vectors, masses, boosts, the spin-correlation angles).
 - Plots: the ``plots`` module (``new_figure`` builds a ``Figure`` outside pyplot, ``styled``,
@@ -41,6 +43,7 @@ from .model.backbone import MLP
 from .model.diffusion import alpha_sigma, ddim_sample, noise, predict_x0_eps, time_embedding
 from .report import store_topology
 from .schema import Batch, EventBlock, EventSchema, compute_globals
+from .xyh import GridResult, binned_significance, plot_grid
 
 __all__ = [
     "hookimpl",
@@ -70,4 +73,7 @@ __all__ = [
     "physics",
     "plots",
     "store_topology",
+    "binned_significance",
+    "GridResult",
+    "plot_grid",
 ]

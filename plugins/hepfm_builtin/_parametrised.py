@@ -25,7 +25,7 @@ from sklearn.metrics import roc_auc_score
 
 from hepfm import Batch
 from hepfm.components import Evaluation, HeadDims, Latents, Params
-from hepfm.xyh import GridResult, binned_significance, plot_grid
+from hepfm.sdk import GridResult, binned_significance, plot_grid
 
 
 class ParametrisedClassificationHead(torch.nn.Module):
