@@ -26,8 +26,9 @@ import numpy as np
 import torch
 import zarr
 import zarr.codecs
+from pydantic import ValidationError
 
-from ._errors import HepfmError
+from ._errors import HepfmError, describe_validation_error
 from ._progress import progress
 from ._selection import Selection
 from .checkpoint import find_checkpoint, load_model
@@ -83,9 +84,13 @@ def embed(
     task_split = SplitSpec()
     task_file = Path(run) / "task.yaml" if Path(run).is_dir() else None
     if task_file is not None and task_file.is_file():
-        import yaml
+        from ._yaml import read_yaml
 
-        task_split = SplitSpec.model_validate((yaml.safe_load(task_file.read_text()) or {}).get("split", {}))
+        raw = read_yaml(task_file, "task file")[0]
+        try:
+            task_split = SplitSpec.model_validate((raw if isinstance(raw, dict) else {}).get("split") or {})
+        except ValidationError as exc:
+            raise HepfmError(f"{task_file}: split: {describe_validation_error(exc)}") from None
     d = model.config.dim
     cuts = Selection.parse(selection or [])
     if cuts:

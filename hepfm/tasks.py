@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from . import plugins
 from ._errors import HepfmError, TaskError
 from ._selection import Selection, SelectionError
-from ._yaml import dotted, line_of, located, read_yaml
+from ._yaml import dotted, line_of, load_yaml, located, read_yaml
 from .store import SplitSpec
 
 __all__ = [
@@ -190,8 +190,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise TaskError([f"--set {text}: expected key=value, e.g. train.max_steps=30"])
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = load_yaml(raw, f"--set {key.strip()}")[0] if raw.strip() else ""
+    except HepfmError as exc:
+        if "YAML refused" in str(exc):
+            raise TaskError([str(exc)]) from None
         value = raw
     if isinstance(value, str):
         try:
