@@ -116,6 +116,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def find_checkpoint(run: str | os.PathLike, which: str = "best") -> Path:
     """The checkpoint file of a run folder (``best`` falls back to ``last``), or the file itself."""
     run = Path(run)
+    if which not in ("best", "last"):
+        raise HepfmError(f"--which '{which}': expected best or last")
     if run.is_file():
         return run
     for name in (which, "last"):

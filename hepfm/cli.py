@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 from pathlib import Path
@@ -14,6 +15,7 @@ from rich.table import Table
 from . import __version__, plugins
 from ._errors import HepfmError
 from ._files import write_json
+from ._limits import MAX_BATCH, MAX_CHUNK, MAX_EPOCHS, MAX_EVENTS, MAX_SEED, MAX_SEEDS, MAX_WORKERS
 from ._progress import console, err_console
 
 app = typer.Typer(
@@ -23,6 +25,30 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+class SplitName(enum.StrEnum):
+    """Splits a command can read."""
+
+    train = "train"
+    val = "val"
+    test = "test"
+    all = "all"
+
+
+class Which(enum.StrEnum):
+    """Checkpoints of a run folder."""
+
+    best = "best"
+    last = "last"
+
+
+class WeightsName(enum.StrEnum):
+    """Weights of a checkpoint."""
+
+    ema = "ema"
+    raw = "raw"
+
 
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a task key, e.g. train.max_steps=30")]
 
@@ -56,15 +82,15 @@ def command(*args, **kwargs):
 @command()
 def generate(
     processes: Annotated[list[str], typer.Argument(help="PROCESS[=FRACTION]..., e.g. toy_signal=0.3 toy_background")],
-    events: Annotated[int, typer.Option("--events", "-n", help="number of events")] = 10_000,
+    events: Annotated[int, typer.Option("--events", "-n", help="number of events", min=1, max=MAX_EVENTS)] = 10_000,
     out: Annotated[Path, typer.Option("--out", "-o", help="event store to write (*.zarr)")] = Path("data/events.zarr"),
-    seed: Annotated[int, typer.Option(help="master seed; same seed, same bytes")] = 0,
-    workers: Annotated[int, typer.Option(help="worker processes")] = 1,
+    seed: Annotated[int, typer.Option(help="master seed; same seed, same bytes", min=0, max=MAX_SEED)] = 0,
+    workers: Annotated[int, typer.Option(help="worker processes", min=1, max=MAX_WORKERS)] = 1,
     generator: Annotated[
         str | None, typer.Option(help="generator plugin (default: the one that knows the processes)")
     ] = None,
     param: Annotated[list[str] | None, typer.Option("--param", help="generator parameter key=value")] = None,
-    chunk_events: Annotated[int, typer.Option(help="events per chunk")] = 4096,
+    chunk_events: Annotated[int, typer.Option(help="events per chunk", min=1, max=MAX_CHUNK)] = 4096,
     overwrite: Annotated[bool, typer.Option(help="replace an existing store")] = False,
     fast: Annotated[
         bool, typer.Option("--fast", help="multi-parton interactions off (generators with a `fast` parameter)")
@@ -111,7 +137,7 @@ def convert(
     process: Annotated[
         list[str] | None, typer.Option("--process", help="process name of each input, in order (repeat per input)")
     ] = None,
-    chunk_events: Annotated[int, typer.Option(help="events per chunk")] = 4096,
+    chunk_events: Annotated[int, typer.Option(help="events per chunk", min=1, max=MAX_CHUNK)] = 4096,
     overwrite: Annotated[bool, typer.Option(help="replace an existing store")] = False,
 ) -> None:
     """Convert foreign files (Delphes ROOT, Parquet, SPANet HDF5) into an event store (resumable)."""
@@ -319,7 +345,9 @@ def finetune(
     init: Annotated[Path | None, typer.Option(help="pretrained run folder")] = None,
     data: Annotated[Path | None, typer.Option(help="event store (overrides dataset.params.path)")] = None,
     out: Annotated[Path | None, typer.Option(help="run folder")] = None,
-    fraction: Annotated[float, typer.Option(help="train on this fraction of the training split")] = 1.0,
+    fraction: Annotated[
+        float, typer.Option(help="train on this fraction of the training split", min=0.0, max=1.0)
+    ] = 1.0,
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option(help="continue an interrupted run")] = False,
     wandb: WandbOpt = "offline",
@@ -335,8 +363,10 @@ def embed(
     run: Annotated[Path, typer.Argument(help="run folder (or a checkpoint file)")],
     data: Annotated[Path, typer.Option(help="event store")],
     out: Annotated[Path, typer.Option(help="latents store (*.zarr)")],
-    pca: Annotated[int | None, typer.Option(help="also store K principal components (fitted on the val split)")] = None,
-    batch_size: Annotated[int, typer.Option(help="events per batch")] = 1024,
+    pca: Annotated[
+        int | None, typer.Option(help="also store K principal components (fitted on the val split)", min=1)
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="events per batch", min=1, max=MAX_BATCH)] = 1024,
     overwrite: Annotated[bool, typer.Option(help="replace an existing latents store")] = False,
     select: Annotated[
         list[str] | None, typer.Option("--select", help="a cut, e.g. 'n_jet >= 4' (repeat: ANDed); only passing events")
@@ -355,9 +385,11 @@ def embed(
 def probe(
     latents: Annotated[Path, typer.Argument(help="latents store")],
     target: Annotated[str, typer.Option(help="target or global feature name")],
-    seeds: Annotated[int, typer.Option(help="seeds; the 3 with the lowest validation loss are kept")] = 5,
+    seeds: Annotated[
+        int, typer.Option(help="seeds; the 3 with the lowest validation loss are kept", min=1, max=MAX_SEEDS)
+    ] = 5,
     pca: Annotated[bool, typer.Option("--pca", help="probe the PCA projections instead of the raw latents")] = False,
-    epochs: Annotated[int, typer.Option(help="training epochs per seed")] = 50,
+    epochs: Annotated[int, typer.Option(help="training epochs per seed", min=1, max=MAX_EPOCHS)] = 50,
     signal: Annotated[
         str | None, typer.Option(help="comma-separated signal processes: report the signal-vs-rest AUC")
     ] = None,
@@ -393,26 +425,31 @@ def evaluate(
     run: Annotated[Path, typer.Argument(help="run folder (its task.yaml names the metrics and the split)")],
     data: Annotated[Path | None, typer.Option(help="event store (default: the run's dataset)")] = None,
     out: Annotated[Path | None, typer.Option(help="output folder (default: RUN/eval)")] = None,
-    split: Annotated[str, typer.Option(help="train | val | test | all")] = "test",
-    which: Annotated[str, typer.Option(help="best | last checkpoint")] = "best",
+    split: Annotated[SplitName, typer.Option(help="train | val | test | all")] = SplitName.test,
+    which: Annotated[Which, typer.Option(help="best | last checkpoint")] = Which.best,
     weights: Annotated[
-        str | None, typer.Option(help="ema | raw (default: the weights the best checkpoint was selected on)")
+        WeightsName | None,
+        typer.Option(help="ema | raw (default: the weights the best checkpoint was selected on)"),
     ] = None,
-    max_events: Annotated[int | None, typer.Option(help="score at most this many events")] = None,
-    batch_size: Annotated[int, typer.Option(help="events per batch")] = 512,
-    seed: Annotated[int, typer.Option(help="seed of the generative heads' sampling")] = 0,
+    max_events: Annotated[
+        int | None, typer.Option(help="score at most this many events", min=1, max=MAX_EVENTS)
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="events per batch", min=1, max=MAX_BATCH)] = 512,
+    seed: Annotated[int, typer.Option(help="seed of the generative heads' sampling", min=0, max=MAX_SEED)] = 0,
 ) -> None:
     """Evaluate a run with its task's metrics on a store; write metrics.json and PNG plots."""
     from .evaluate import evaluate as run_evaluate
 
-    err_console.print(f"evaluate {run} ({which}) on the {split} split of {data or 'its own data'}", markup=False)
+    err_console.print(
+        f"evaluate {run} ({which.value}) on the {split.value} split of {data or 'its own data'}", markup=False
+    )
     r = run_evaluate(
         run,
         data,
         out,
-        split=split,
-        which=which,
-        weights=weights,
+        split=split.value,
+        which=which.value,
+        weights=weights.value if weights else None,
         batch_size=batch_size,
         max_events=max_events,
         seed=seed,
@@ -426,13 +463,15 @@ def study(
     task: Annotated[Path, typer.Argument(help="fine-tuning task YAML (its metrics are reported)")],
     pretrained: Annotated[Path, typer.Option(help="pretrained run folder (or checkpoint file)")],
     fractions: Annotated[str, typer.Option(help="comma-separated training fractions")] = "1,0.3,0.1,0.03",
-    seeds: Annotated[int, typer.Option(help="seeds per fraction and mode")] = 3,
+    seeds: Annotated[int, typer.Option(help="seeds per fraction and mode", min=1, max=MAX_SEEDS)] = 3,
     out: Annotated[Path, typer.Option(help="study folder (an existing one is continued)")] = Path("runs/study"),
-    max_events: Annotated[int | None, typer.Option(help="evaluate at most this many test events per cell")] = None,
+    max_events: Annotated[
+        int | None, typer.Option(help="evaluate at most this many test events per cell", min=1, max=MAX_EVENTS)
+    ] = None,
     protocol: Annotated[
         str, typer.Option(help="converged (early stopping within the budget) | equal-steps")
     ] = "converged",
-    max_steps: Annotated[int | None, typer.Option(help="step budget of every cell")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="step budget of every cell", min=1)] = None,
     modes: Annotated[str, typer.Option(help="comma-separated: pretrained, scratch (ablations: pretrained)")] = (
         "pretrained,scratch"
     ),
@@ -460,9 +499,9 @@ def study(
 @command()
 def bench(
     kind: Annotated[str, typer.Argument(help="loader | model | train")],
-    events: Annotated[int, typer.Option(help="events in the benchmark store")] = 1_000_000,
+    events: Annotated[int, typer.Option(help="events in the benchmark store", min=1, max=MAX_EVENTS)] = 1_000_000,
     rss_events: Annotated[
-        int, typer.Option(help="events in the store whose epoch peak RSS is measured (0: skip)")
+        int, typer.Option(help="events in the store whose epoch peak RSS is measured (0: skip)", min=0, max=MAX_EVENTS)
     ] = 2_000_000,
     workers: Annotated[str, typer.Option(help="comma-separated loader worker counts")] = "0,2",
     batch_size: Annotated[int | None, typer.Option(help="[default: loader 1024, model and train 256]")] = None,

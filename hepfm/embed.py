@@ -29,6 +29,7 @@ import zarr.codecs
 from pydantic import ValidationError
 
 from ._errors import HepfmError, describe_validation_error
+from ._limits import MAX_BATCH, MAX_EPOCHS, MAX_EVENTS, MAX_SEEDS, in_range
 from ._progress import progress
 from ._selection import Selection
 from .checkpoint import find_checkpoint, load_model
@@ -75,6 +76,8 @@ def embed(
 ) -> EmbedResult:
     """Write the frozen latents of every event of ``data`` that passes ``selection`` (see module docstring)."""
     out = Path(out)
+    in_range("--batch-size", batch_size, 1, MAX_BATCH)
+    in_range("pca_events", pca_events, 1, MAX_EVENTS)
     if out.exists() and not overwrite:
         raise HepfmError(f"{out}: exists; choose another --out or pass --overwrite")
     ckpt_path = find_checkpoint(run, which)
@@ -260,6 +263,10 @@ def probe(
     signal: list[str] | None = None,
 ) -> dict[str, Any]:
     """A linear probe of ``target`` on frozen latents (see module docstring); returns the report."""
+    in_range("--seeds", seeds, 1, MAX_SEEDS)
+    in_range("keep", keep, 1, MAX_SEEDS)
+    in_range("--epochs", epochs, 1, MAX_EPOCHS)
+    in_range("max_events", max_events, 1, MAX_EVENTS)
     g = open_latents(latents)
     x, y, split, per_object = _features_and_target(g, target, use_pca, max_events)
     classify = np.issubdtype(y.dtype, np.integer) or y.dtype == bool

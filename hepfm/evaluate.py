@@ -28,6 +28,7 @@ import torch
 from . import plugins
 from ._errors import HepfmError
 from ._files import write_json
+from ._limits import MAX_BATCH, MAX_EVENTS, MAX_SEED, in_range
 from ._progress import progress
 from ._selection import Selection
 from .checkpoint import find_checkpoint, load_model
@@ -190,6 +191,12 @@ def evaluate(
         plots: Draw the metrics' PNG plots.
     """
     run = Path(run)
+    if split not in ("train", "val", "test", "all"):
+        raise HepfmError(f"--split '{split}': expected one of train, val, test, all")
+    in_range("--batch-size", batch_size, 1, MAX_BATCH)
+    in_range("--seed", seed, 0, MAX_SEED)
+    if max_events is not None:
+        in_range("--max-events", max_events, 1, MAX_EVENTS)
     task = _run_task(run)
     specs = metrics if metrics is not None else (task.metrics if task is not None else [])
     if not specs:

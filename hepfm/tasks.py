@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from . import plugins
 from ._errors import HepfmError, TaskError
+from ._limits import MAX_BATCH, MAX_DEPTH, MAX_EPOCHS, MAX_SEED, MAX_WIDTH
 from ._selection import Selection, SelectionError
 from ._yaml import dotted, line_of, load_yaml, located, read_yaml
 from .store import SplitSpec
@@ -76,10 +77,10 @@ class ModelSpec(_Strict):
     """Backbone size: a preset, optionally with explicit sizes overriding it."""
 
     preset: Literal["tiny", "small", "lite", "standard"] = "small"
-    dim: int | None = Field(None, ge=8)
-    depth: int | None = Field(None, ge=1)
-    num_heads: int | None = Field(None, ge=1)
-    k_neighbours: int | None = Field(None, ge=1)
+    dim: int | None = Field(None, ge=8, le=MAX_WIDTH)
+    depth: int | None = Field(None, ge=1, le=MAX_DEPTH)
+    num_heads: int | None = Field(None, ge=1, le=256)
+    k_neighbours: int | None = Field(None, ge=1, le=512)
     feature_dropout: float | None = Field(None, ge=0, lt=1)
 
 
@@ -104,9 +105,9 @@ class EarlyStoppingSpec(_Strict):
 class TrainSpec(_Strict):
     """Optimisation and run settings."""
 
-    epochs: int = Field(1, ge=1)
-    max_steps: int | None = Field(None, ge=1)
-    batch_size: int = Field(512, ge=1)
+    epochs: int = Field(1, ge=1, le=MAX_EPOCHS)
+    max_steps: int | None = Field(None, ge=1, le=10**9)
+    batch_size: int = Field(512, ge=1, le=MAX_BATCH)
     lr: float = Field(1e-3, gt=0)
     backbone_lr_scale: float = Field(1.0, ge=0)
     weight_decay: float = Field(0.01, ge=0)
@@ -120,7 +121,7 @@ class TrainSpec(_Strict):
     engine: Literal["local", "deepspeed"] = "local"
     zero_stage: int = Field(0, ge=0, le=3)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     val_every: int = Field(200, ge=1, description="steps between validations and checkpoints")
     keep_every: int | None = Field(
         None, ge=1, description="also keep checkpoints/step-N.safetensors every N steps (pretraining-length studies)"
