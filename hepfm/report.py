@@ -53,7 +53,7 @@ def verify_store(path: str | os.PathLike) -> int:
     """Read every chunk of every array; raise ``StoreError`` naming the first bad one. Returns events read."""
     store = EventStore.open(path)
     with progress("verify", store.n_events) as advance:
-        for part in store.iter_chunks():
+        for part in store.iter_chunks(mask_check=True):
             advance(len(part["objects"]))
     return store.n_events
 

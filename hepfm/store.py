@@ -32,6 +32,7 @@ import zarr
 import zarr.codecs
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from . import _store_check as _check
 from ._errors import StoreError
 from ._selection import Selection
 from .schema import SCHEMA_VERSION, Batch, EventBlock, EventSchema, FeatureStats, Normaliser
@@ -498,12 +499,8 @@ class EventStore:
                 f"{path}: attribute 'complete' is missing, the write stopped after {attrs.get('n_events', 0)} "
                 f"events; rerun the command that wrote it to resume"
             )
-        try:
-            store = cls(path, group, attrs)
-        except KeyError as exc:
-            raise StoreError(f"{path}: array or attribute {exc} missing (damaged store)") from None
-        except Exception as exc:
-            raise StoreError(f"{path}: attribute 'schema' is invalid ({type(exc).__name__})") from None
+        _check.check_arrays(path, group, _check.check_attributes(path, attrs), attrs)
+        store = cls(path, group, attrs)
         if schema is not None:
             diff = store.schema.differences(schema)
             if diff:
@@ -512,6 +509,9 @@ class EventStore:
             raise StoreError(f"{path}: the store holds no events")
         if check:
             store._check_arrays()
+            last = (store.n_events - 1) // store.chunk_events * store.chunk_events
+            for start in sorted({0, last}):  # a sample of the values; every chunk with inspect --verify
+                store.read(start, min(start + store.chunk_events, store.n_events), mask_check=True)
         return store
 
     @property
@@ -553,8 +553,15 @@ class EventStore:
         return split_segments(self.n_events, self.chunk_events, spec or SplitSpec(), split, fraction)
 
     # -- data ---------------------------------------------------------------------------------
-    def read(self, start: int, stop: int, names: list[str] | None = None) -> dict[str, np.ndarray]:
-        """Events [start, stop) of the named arrays (all by default), as numpy."""
+    def read(
+        self, start: int, stop: int, names: list[str] | None = None, mask_check: bool = False
+    ) -> dict[str, np.ndarray]:
+        """Events [start, stop) of the named arrays (all by default), as numpy.
+
+        Values are checked as they are read (NaN or inf, labels outside ``processes``; with
+        ``mask_check`` also the mask against the objects): a bad value is a ``StoreError`` naming
+        the store, the array, the feature and the event.
+        """
         out = {}
         for name in names or self.array_names:
             try:
@@ -566,12 +573,13 @@ class EventStore:
                 raise StoreError(
                     f"{self.path}/{name}: chunk {c0}..{c1} is corrupt or truncated ({type(exc).__name__}: {exc})"
                 ) from None
+        _check.check_values(self.path, out, self.schema, self.processes, start, mask=mask_check)
         return out
 
-    def iter_chunks(self, names: list[str] | None = None) -> Iterator[dict[str, np.ndarray]]:
+    def iter_chunks(self, names: list[str] | None = None, mask_check: bool = False) -> Iterator[dict[str, np.ndarray]]:
         """Every chunk in order (a full sequential scan)."""
         for start in range(0, self.n_events, self.chunk_events):
-            yield self.read(start, min(start + self.chunk_events, self.n_events), names)
+            yield self.read(start, min(start + self.chunk_events, self.n_events), names, mask_check)
 
     def __len__(self) -> int:
         return self.n_events
