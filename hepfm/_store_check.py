@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from ._errors import StoreError, describe_validation_error
 from .schema import EventSchema, FeatureStats
 
-__all__ = ["check_attributes", "check_arrays", "check_values", "check_finite", "MAX_CHUNK_EVENTS"]
+__all__ = ["check_attributes", "check_arrays", "check_values", "check_finite", "check_stats", "MAX_CHUNK_EVENTS"]
 
 MAX_CHUNK_EVENTS = 2**20
 
@@ -57,30 +57,31 @@ def check_attributes(path: Path, attrs: dict[str, Any]) -> EventSchema:
                 raise ValueError
         except (KeyError, TypeError, ValueError):
             raise StoreError(f"{path}: attribute 'targets.{name}' is not {{dtype, shape}}: {spec!r}") from None
-    _check_stats(path, attrs["stats"], schema)
+    check_stats(path, attrs["stats"], schema)
     return schema
 
 
-def _check_stats(path: Path, stats: Any, schema: EventSchema) -> None:
+def check_stats(path: Path | str, stats: Any, schema: EventSchema, what: str = "attribute") -> None:
+    """Statistics that are a mapping per part, cover every feature, validate and are finite."""
     for part, names in (("objects", schema.object_names), ("globals", schema.global_names)):
         table = stats.get(part) if isinstance(stats, dict) else None
         if not isinstance(table, dict):
-            raise StoreError(f"{path}: attribute 'stats.{part}' missing or not a mapping (damaged store)")
+            raise StoreError(f"{path}: {what} 'stats.{part}' missing or not a mapping (damaged store)")
         for name in names:
             if name not in table:
-                raise StoreError(f"{path}: attribute 'stats.{part}' lacks feature '{name}'")
+                raise StoreError(f"{path}: {what} 'stats.{part}' lacks feature '{name}'")
             try:
                 st = FeatureStats.model_validate(table[name])
             except ValidationError as exc:
                 raise StoreError(
-                    f"{path}: attribute 'stats.{part}.{name}' is invalid: {describe_validation_error(exc)}"
+                    f"{path}: {what} 'stats.{part}.{name}' is invalid: {describe_validation_error(exc)}"
                 ) from None
             for key, value in st.model_dump().items():
                 if not math.isfinite(value):
-                    raise StoreError(f"{path}: attribute 'stats.{part}.{name}.{key}' is {value} (not finite)")
+                    raise StoreError(f"{path}: {what} 'stats.{part}.{name}.{key}' is {value} (not finite)")
             if st.count < 0 or st.std < 0 or st.log_std < 0 or st.min > st.max:
                 raise StoreError(
-                    f"{path}: attribute 'stats.{part}.{name}' is inconsistent "
+                    f"{path}: {what} 'stats.{part}.{name}' is inconsistent "
                     f"(count {st.count}, std {st.std}, log_std {st.log_std}, min {st.min} > max {st.max}?)"
                 )
 

@@ -36,6 +36,7 @@ from . import __version__, plugins
 from ._errors import HepfmError
 from ._files import write_atomic, write_json
 from ._progress import err_console, progress
+from ._yaml import read_yaml
 from .checkpoint import build_model, checkpoint_weights, find_checkpoint, load_checkpoint, save_checkpoint
 from .model import config_from_spec
 from .store import EventLoader, EventStore
@@ -324,6 +325,30 @@ def _validate(
     return {k: v / max(n, 1) for k, v in sums.items()}
 
 
+def _check_resumable(out: Path, task: Task, theirs: dict[str, Any], mine: dict[str, Any]) -> None:
+    """Refuse ``--resume`` with another task, preset, heads or data layout than the run's, in one line."""
+    previous = out / "task.yaml"
+    if previous.is_file():
+        data = read_yaml(previous, "task file")[0]
+        name = data.get("name") if isinstance(data, dict) else None
+        if name != task.name:
+            raise HepfmError(f"{out}: --resume with task '{task.name}', but the run is of task '{name}' ({previous})")
+    for key in ("backbone", "heads", "schema", "processes"):
+        if theirs.get(key) != mine.get(key):
+            if key == "backbone":
+                what = "; ".join(
+                    f"{k} {theirs[key].get(k)} (run) != {v} (task)"
+                    for k, v in mine[key].items()
+                    if theirs[key].get(k) != v
+                )
+            else:
+                what = f"the run's {key} differ from this task's"
+            raise HepfmError(
+                f"{out}: --resume with another model than the run's: config '{key}': {what}; "
+                "resume with the run's own task and preset, or choose another --out"
+            )
+
+
 def _model_card(run: Path, task: Task, config: dict[str, Any], result: dict[str, Any]) -> str:
     params = result.get("parameters", 0)
     heads = "\n".join(f"- `{k}`: {h['name']} (weight {h['weight']})" for k, h in config["heads"].items())
@@ -393,6 +418,9 @@ def train(
             )
     config = model_config(task, store)
     selection = task_selection(task, store.schema)
+    ckpt = load_checkpoint(last_path) if resume else None
+    if ckpt is not None:  # before anything in the run folder changes
+        _check_resumable(out, task, ckpt["config"], config)
     torch.manual_seed(t.seed)
     random.seed(t.seed)
     np.random.seed(t.seed % 2**32)
@@ -448,8 +476,7 @@ def train(
     step, epoch, position, best = 0, 0, 0, None
     best_step, stalled, stopped, seen_total, flops, wall_before = None, 0, False, 0, 0.0, 0.0
     flops_per_event: dict[str, float] = {}  # per stage, counted on its first step
-    if resume:
-        ckpt = load_checkpoint(last_path)
+    if ckpt is not None:
         if engine.optimizer is None or ckpt["optimizer"] is None:
             engine.close()
             raise HepfmError(
