@@ -16,6 +16,7 @@ from . import __version__, plugins
 from ._errors import HepfmError
 from ._files import write_json
 from ._limits import MAX_BATCH, MAX_CHUNK, MAX_EPOCHS, MAX_EVENTS, MAX_SEED, MAX_SEEDS, MAX_WORKERS
+from ._outputs import FS_REFUSALS, os_error_line
 from ._progress import console, err_console
 
 app = typer.Typer(
@@ -63,6 +64,12 @@ def _command(fn):
         except HepfmError as exc:
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:  # the file system said no: one line naming the path, never a traceback
+            if exc.errno not in FS_REFUSALS:
+                raise
+            line = os_error_line(exc, kwargs.get("out"))
+            err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
 
     return wrapper
 

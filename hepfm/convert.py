@@ -37,7 +37,8 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from . import __version__, plugins
-from ._errors import HepfmError, StoreError
+from ._errors import HepfmError
+from ._outputs import output_lock, prepare_output
 from ._progress import progress
 from ._yaml import line_of, located, read_yaml
 from .schema import EventBlock, EventSchema
@@ -693,10 +694,7 @@ def plan_export(
     out = Path(out)
     files = [out, *getattr(cls, "export_companions", lambda o: [])(out)]
     for path in files:
-        if path.is_dir():
-            raise StoreError(f"{path}: is a directory")
-        if path.exists() and not overwrite:
-            raise StoreError(f"{path}: exists; choose another --out or pass --overwrite")
+        prepare_output(path, "file", overwrite)
     return ExportPlan(cls, store, out, files)
 
 
@@ -708,7 +706,7 @@ def run_export(plan: ExportPlan) -> ExportResult:
     """
     exporter = plan.converter(plan.converter.Params(), plan.store.schema)
     start = time.perf_counter()
-    with progress(f"export {plan.converter.name}", plan.store.n_events) as advance:
+    with output_lock(plan.out), progress(f"export {plan.converter.name}", plan.store.n_events) as advance:
         files = exporter.export(plan.store, plan.out, advance)
     return ExportResult(files, plan.store.n_events, time.perf_counter() - start)
 

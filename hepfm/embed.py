@@ -30,6 +30,7 @@ from pydantic import ValidationError
 
 from ._errors import HepfmError, describe_validation_error
 from ._limits import MAX_BATCH, MAX_EPOCHS, MAX_EVENTS, MAX_SEEDS, in_range
+from ._outputs import output_lock, prepare_output
 from ._progress import progress
 from ._selection import Selection
 from .checkpoint import find_checkpoint, load_model
@@ -78,8 +79,12 @@ def embed(
     out = Path(out)
     in_range("--batch-size", batch_size, 1, MAX_BATCH)
     in_range("pca_events", pca_events, 1, MAX_EVENTS)
-    if out.exists() and not overwrite:
-        raise HepfmError(f"{out}: exists; choose another --out or pass --overwrite")
+    prepare_output(out, "latents", overwrite)
+    with output_lock(out):
+        return _embed(run, data, out, pca, batch_size, pca_events, which, selection)
+
+
+def _embed(run, data, out: Path, pca, batch_size, pca_events, which, selection) -> EmbedResult:
     ckpt_path = find_checkpoint(run, which)
     model = load_model(ckpt_path)
     store = EventStore.open(data, schema=model.schema)
@@ -129,8 +134,6 @@ def embed(
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
-    if out.exists():
-        shutil.rmtree(out)
     g = zarr.open_group(tmp, mode="w")
     chunk = max(1, min(store.chunk_events, 4096))
 
@@ -161,6 +164,11 @@ def embed(
         for batch in EventLoader(store, "all", batch_size, shuffle=False, selection=cuts):
             objects, event = _latents(model, batch)
             b = len(batch)
+            if not (np.isfinite(event).all() and np.isfinite(objects).all()):
+                raise HepfmError(
+                    f"{ckpt_path}: the model gives NaN or inf latents for events {pos}..{pos + b} of {store.path} "
+                    "(inputs far outside the training data?); nothing was written to {out}".replace("{out}", str(out))
+                )
             sl = slice(pos, pos + b)
             mask = batch.mask.numpy()
             arrays["object_latents"][sl] = objects
@@ -210,7 +218,14 @@ def embed(
         explained = attrs["pca"]["object"]["explained_total"] if "object" in attrs["pca"] else None
     attrs["complete"] = True
     g.attrs.update(attrs)
+    old = out.with_name(out.name + ".replaced")
+    if out.exists():  # --overwrite: the old latents stay until the new ones are complete
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(out, old)
     os.replace(tmp, out)
+    if old.exists():
+        shutil.rmtree(old)
     return EmbedResult(out, n, d, explained)
 
 

@@ -29,6 +29,7 @@ from . import plugins
 from ._errors import HepfmError
 from ._files import write_json
 from ._limits import MAX_BATCH, MAX_EVENTS, MAX_SEED, in_range
+from ._outputs import output_lock, prepare_output
 from ._progress import progress
 from ._selection import Selection
 from .checkpoint import find_checkpoint, load_model
@@ -206,6 +207,12 @@ def evaluate(
             raise HepfmError(f"{run}: no --data given and the run names no store")
         data = task.dataset.params["path"]
     out = Path(out) if out is not None else (run if run.is_dir() else run.parent) / "eval"
+    prepare_output(out, "eval", resume=True)  # a rerun replaces its metrics; a user's folder is refused
+    with output_lock(out):
+        return _evaluate(run, task, specs, data, out, split, which, weights, batch_size, max_events, seed, plots)
+
+
+def _evaluate(run, task, specs, data, out, split, which, weights, batch_size, max_events, seed, plots) -> EvalResult:
     checkpoint = find_checkpoint(run, which)
     model = load_model(checkpoint, weights=weights)
     store = EventStore.open(data, schema=model.schema)

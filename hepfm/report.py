@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ._outputs import prepare_output
 from ._plots import pyplot, save_figure
 from ._progress import progress
 from .physics import four_vectors, mass
@@ -72,6 +73,7 @@ def plot_store(path: str | os.PathLike, out_dir: str | os.PathLike, max_events: 
     labels = data.get("targets/process", np.zeros(n, dtype=np.int64))
     names = store.processes or ["all"]
     out = Path(out_dir)
+    prepare_output(out, "plots", resume=True)
     out.mkdir(parents=True, exist_ok=True)
     files = []
     panels = [("objects", f, i) for i, f in enumerate(store.schema.object_features)]

@@ -32,6 +32,7 @@ import zarr
 import zarr.codecs
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from . import _outputs
 from . import _store_check as _check
 from ._errors import StoreError
 from ._selection import Selection
@@ -209,12 +210,17 @@ class StoreWriter:
         self._pending: list[EventBlock] = []
         self._n_pending = 0
         self._closed = False
-        if self.preflight(self.path, overwrite) == "overwrite":
-            shutil.rmtree(self.path)
-        if self.path.exists():
-            self._resume(provenance or {})
-        else:
-            self._create(provenance or {})
+        self._lock = _outputs.acquire_lock(self.path)  # one writer per store; released by close or exit
+        try:
+            if self.preflight(self.path, overwrite) == "overwrite":
+                shutil.rmtree(self.path)
+            if self.path.exists():
+                self._resume(provenance or {})
+            else:
+                self._create(provenance or {})
+        except BaseException:
+            _outputs.release_lock(self._lock)
+            raise
 
     # -- opening ------------------------------------------------------------------------------
     def _create(self, provenance: dict[str, Any]) -> None:
@@ -263,6 +269,7 @@ class StoreWriter:
         not a hepfm store, so nothing already written is touched.
         """
         path = Path(path)
+        _outputs.check_parents(path)
         if not path.exists():
             return "new"
         if not path.is_dir():
@@ -443,6 +450,7 @@ class StoreWriter:
             else:
                 self._group.attrs.update(finish())
             self._closed = True
+            _outputs.release_lock(self._lock)
         return EventStore.open(self.path)
 
     def __enter__(self) -> StoreWriter:
@@ -451,7 +459,8 @@ class StoreWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
-        # on error: what was flushed stays, unmarked, for the next writer to resume
+        else:  # on error: what was flushed stays, unmarked, for the next writer to resume
+            _outputs.release_lock(self._lock)
 
 
 # --------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ import torch
 from . import __version__, plugins
 from ._errors import HepfmError
 from ._files import write_atomic, write_json
+from ._outputs import output_lock, prepare_output
 from ._progress import err_console, progress
 from ._yaml import read_yaml
 from .checkpoint import build_model, checkpoint_weights, find_checkpoint, load_checkpoint, save_checkpoint
@@ -393,8 +394,18 @@ def train(
     fraction: float = 1.0,
     wandb_mode: str = "offline",
 ) -> TrainResult:
-    """Train a task into a run folder (see module docstring); ``resume`` continues exactly."""
+    """Train a task into a run folder (see module docstring); ``resume`` continues exactly.
+
+    The run folder is locked while training: a second ``train`` into it is refused in one line.
+    """
     out = Path(out)
+    prepare_output(out, "run", resume=True)
+    with output_lock(out):
+        return _train(task, out, resume, fraction, wandb_mode)
+
+
+def _train(task: Task, out: Path, resume: bool, fraction: float, wandb_mode: str) -> TrainResult:
+    """``train`` with the run folder checked and locked."""
     t = task.train
     if wandb_mode not in ("offline", "online", "disabled"):
         raise HepfmError(f"--wandb '{wandb_mode}': expected offline, online or disabled")
