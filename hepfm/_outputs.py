@@ -20,6 +20,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +36,7 @@ __all__ = [
     "release_lock",
     "OutputLock",
     "os_error_line",
+    "as_os_error",
     "check_parents",
 ]
 
@@ -132,10 +134,11 @@ def prepare_output(path: str | os.PathLike, kind: str, overwrite: bool = False, 
         raise HepfmError(f"{path}: {KINDS[kind]} already exists; choose another output or pass --overwrite")
     if not any(p.name != f".{path.name}.lock" for p in path.iterdir()):
         return "new"  # an empty folder
-    what = KINDS.get(found, "a folder that hepfm did not write") if found else "a folder that hepfm did not write"
-    if found is None and not overwrite and not resume:
-        raise HepfmError(f"{path}: exists and is {what}; refusing to touch it (choose another output)")
-    raise HepfmError(f"{path}: exists and is {what}, not {KINDS[kind]}; refusing to replace it")
+    if found is None:
+        raise HepfmError(
+            f"{path}: exists and is a folder that hepfm did not write; refusing to touch it (choose another output)"
+        )
+    raise HepfmError(f"{path}: exists and is {KINDS[found]}, not {KINDS[kind]}; refusing to replace it")
 
 
 def _lock_path(path: Path) -> Path:
@@ -211,6 +214,17 @@ def release_lock(lock: OutputLock | None) -> None:
     """Release a lock taken by ``acquire_lock`` (the lock file stays, empty and unlocked)."""
     if lock is not None:
         lock.release()
+
+
+def as_os_error(exc: BaseException, path: str | os.PathLike) -> OSError | None:
+    """The ``OSError`` inside a library's own error (safetensors, HDF5 report ``os error 28``/``errno = 28``)."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc
+    match = re.search(r"(?:os error|errno =) (\d+)", str(exc))
+    if match is None:
+        return None
+    code = int(match.group(1))
+    return OSError(code, os.strerror(code), str(path))
 
 
 def os_error_line(exc: OSError, fallback: str | os.PathLike | None = None) -> str:

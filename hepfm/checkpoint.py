@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ._errors import HepfmError, describe_validation_error
+from ._outputs import as_os_error
 from .schema import EventSchema, FeatureStats
 
 __all__ = [
@@ -87,6 +88,11 @@ def save_checkpoint(
     try:
         save_file(tensors, tmp, metadata=meta)
         os.replace(tmp, path)
+    except SafetensorError as exc:  # a full or read-only disk: the OSError the CLI reports in one line
+        os_error = as_os_error(exc, path)
+        if os_error is None:
+            raise
+        raise os_error from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -16,7 +16,7 @@ from . import __version__, plugins
 from ._errors import HepfmError
 from ._files import write_json
 from ._limits import MAX_BATCH, MAX_CHUNK, MAX_EPOCHS, MAX_EVENTS, MAX_SEED, MAX_SEEDS, MAX_WORKERS
-from ._outputs import FS_REFUSALS, os_error_line
+from ._outputs import FS_REFUSALS, os_error_line, prepare_output
 from ._progress import console, err_console
 
 app = typer.Typer(
@@ -406,6 +406,8 @@ def probe(
     from .embed import probe as run_probe
 
     signals = [x.strip() for x in signal.split(",") if x.strip()] if signal else None
+    if json_out is not None:
+        prepare_output(json_out, "file", overwrite=True)
     r = run_probe(latents, target, seeds=seeds, epochs=epochs, use_pca=pca, signal=signals)
     console.print(
         f"probe {r['kind']} on {r['level']} {r['features']} -> {r['target']}: test {r['metric']} "

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ValidationError
 
 from . import __version__, plugins
 from ._errors import HepfmError
-from ._outputs import output_lock, prepare_output
+from ._outputs import as_os_error, output_lock, prepare_output
 from ._progress import progress
 from ._yaml import line_of, located, read_yaml
 from .schema import EventBlock, EventSchema
@@ -707,7 +707,13 @@ def run_export(plan: ExportPlan) -> ExportResult:
     exporter = plan.converter(plan.converter.Params(), plan.store.schema)
     start = time.perf_counter()
     with output_lock(plan.out), progress(f"export {plan.converter.name}", plan.store.n_events) as advance:
-        files = exporter.export(plan.store, plan.out, advance)
+        try:
+            files = exporter.export(plan.store, plan.out, advance)
+        except (OSError, RuntimeError) as exc:  # HDF5 reports a full disk as RuntimeError(... errno = 28 ...)
+            os_error = as_os_error(exc, plan.out)
+            if os_error is None:
+                raise
+            raise os_error from None
     return ExportResult(files, plan.store.n_events, time.perf_counter() - start)
 
 

@@ -167,7 +167,7 @@ def _embed(run, data, out: Path, pca, batch_size, pca_events, which, selection) 
             if not (np.isfinite(event).all() and np.isfinite(objects).all()):
                 raise HepfmError(
                     f"{ckpt_path}: the model gives NaN or inf latents for events {pos}..{pos + b} of {store.path} "
-                    "(inputs far outside the training data?); nothing was written to {out}".replace("{out}", str(out))
+                    f"(inputs far outside the training data?); nothing was written to {out}"
                 )
             sl = slice(pos, pos + b)
             mask = batch.mask.numpy()
