@@ -280,6 +280,25 @@ def _component_problems(data: dict[str, Any]) -> list[tuple[tuple, str]]:
     return problems
 
 
+def _metric_head_problems(data: dict[str, Any]) -> list[tuple[tuple, str]]:
+    """A metric parameter naming a head (``head``, ``*_head``) must name a key under ``heads:``."""
+    heads, metrics = data.get("heads"), data.get("metrics")
+    if not isinstance(heads, dict) or not isinstance(metrics, list):
+        return []
+    problems = []
+    for i, ref in enumerate(metrics):
+        params = ref.get("params") if isinstance(ref, dict) else None
+        if not isinstance(params, dict):
+            continue
+        for key, value in params.items():
+            if (key == "head" or key.endswith("_head")) and isinstance(value, str) and value not in heads:
+                known = ", ".join(map(str, heads)) or "none"
+                problems.append(
+                    (("metrics", i, "params", key), f"names head '{value}', which is not under heads: (heads: {known})")
+                )
+    return problems
+
+
 def _selection_problems(data: dict[str, Any]) -> list[tuple[tuple, str]]:
     """Syntax of every cut of ``selection`` (feature names are checked against the store's schema later)."""
     cuts = data.get("selection")
@@ -337,6 +356,7 @@ def load_task(path: str | os.PathLike, overrides: list[str] | None = None) -> Ta
             problems.append((tuple(err["loc"]), err["msg"]))
     problems += _component_problems(data)
     problems += _selection_problems(data)
+    problems += _metric_head_problems(data)
     if problems:
         formatted, seen = [], set()
         for loc, msg in problems:
