@@ -5,8 +5,9 @@
   ``--overwrite`` onto anything that is not the same kind of hepfm output (an event store is
   never replaced by latents, a user's folder never by anything).
 * ``output_lock`` takes an exclusive ``fcntl.flock`` on ``.NAME.lock`` beside the output for as
-  long as it is written; a second writer is refused at once in one line. The kernel drops the
-  lock when the process dies, so a killed run never leaves a stale lock.
+  long as it is written (and removes the file after); a second writer is refused at once in one
+  line. The kernel drops the lock when the process dies, so a killed run never leaves a stale
+  lock (only an empty, unlocked file that the next writer reuses).
 * ``os_error_line`` turns a full disk, a read-only or forbidden folder (ENOSPC, EDQUOT, EFBIG,
   EROFS, EACCES, EPERM) and a path blocked by a file (ENOTDIR, EEXIST, EISDIR) into one line
   naming the path; writers write through a temporary name and a rename (or chunk by chunk with a
@@ -158,8 +159,8 @@ def output_lock(path: str | os.PathLike) -> Iterator[Path]:
 class OutputLock:
     """An exclusive ``flock`` on an output's lock file; ``release`` is idempotent."""
 
-    def __init__(self, path: Path, fd: int) -> None:
-        self.path, self._fd = path, fd
+    def __init__(self, path: Path, fd: int, lock_file: Path) -> None:
+        self.path, self._fd, self.lock_file = path, fd, lock_file
 
     @property
     def held(self) -> bool:
@@ -170,6 +171,8 @@ class OutputLock:
             fd, self._fd = self._fd, None
             if _HELD.get(str(self.path)) is self:
                 del _HELD[str(self.path)]
+            with contextlib.suppress(OSError):
+                os.unlink(self.lock_file)  # while still locked: a waiter re-checks the inode it locked
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_UN)
             with contextlib.suppress(OSError):
@@ -193,25 +196,33 @@ def acquire_lock(path: str | os.PathLike) -> OutputLock:
     if key in _HELD:
         _HELD[key].release()
     lock = _lock_path(path)
-    try:
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        raise HepfmError(os_error_line(exc, lock)) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    while True:
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise HepfmError(os_error_line(exc, lock)) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise HepfmError(
+                f"{path}: another hepfm process is writing it (lock {lock}); "
+                "wait for it to end or choose another output"
+            ) from None
+        try:  # the holder before us may have removed the file between our open and our lock: lock the new one
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
         os.close(fd)
-        raise HepfmError(
-            f"{path}: another hepfm process is writing it (lock {lock}); wait for it to end or choose another output"
-        ) from None
-    held = OutputLock(Path(key), fd)
+    held = OutputLock(Path(key), fd, lock)
     _HELD[key] = held
     return held
 
 
 def release_lock(lock: OutputLock | None) -> None:
-    """Release a lock taken by ``acquire_lock`` (the lock file stays, empty and unlocked)."""
+    """Release a lock taken by ``acquire_lock`` and remove its file (a killed process leaves an unlocked file)."""
     if lock is not None:
         lock.release()
 
