@@ -61,9 +61,10 @@ class _Moments:
     KEYS = ("n", "mean", "m2", "min", "max", "lmean", "lm2")
 
     def __init__(self, n_features: int, state: dict[str, list[float]] | None = None) -> None:
-        if state is not None:
+        if state is not None:  # None stands for the infinite min/max of a feature not seen yet
             for k in self.KEYS:
-                setattr(self, k, np.asarray(state[k], dtype=np.float64))
+                empty = np.inf if k == "min" else -np.inf
+                setattr(self, k, np.asarray([empty if v is None else v for v in state[k]], dtype=np.float64))
             return
         self.n = np.zeros(n_features)
         self.mean = np.zeros(n_features)
@@ -93,7 +94,7 @@ class _Moments:
         self.n = n
 
     def state(self) -> dict[str, list[float]]:
-        return {k: [float(v) if np.isfinite(v) else 0.0 for v in getattr(self, k)] for k in self.KEYS}
+        return {k: [float(v) if np.isfinite(v) else None for v in getattr(self, k)] for k in self.KEYS}
 
     def stats(self, names: list[str]) -> dict[str, dict[str, float]]:
         out = {}
