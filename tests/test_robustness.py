@@ -5,9 +5,9 @@ corrupt checkpoints, resume with another task, output paths, two writers, a file
 no, cross-field task errors.
 """
 
+import contextlib
 import hashlib
 import json
-import os
 import resource
 import shutil
 import signal
@@ -407,37 +407,41 @@ def test_a_second_writer_is_refused_in_one_line(tmp_path, cli, small, run):
     assert cli(*outputs["store"][1]).exit_code == 0  # the lock goes with the process that held it
 
 
-def _limited(limit_bytes):
-    def pre():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+@contextlib.contextmanager
+def file_size_limit(limit_bytes):
+    """Writes past ``limit_bytes`` per file fail with EFBIG, as on a full disk (this process only)."""
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    old = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, old[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old)
+        signal.signal(signal.SIGXFSZ, old_handler)
 
-    return pre
 
-
-def test_a_full_disk_is_one_line_and_the_rerun_finishes_identically(tmp_path, small):
-    args = ["toy_signal", "toy_background", "-n", 3000, "--chunk-events", 500, "--seed", 4]
+def test_a_full_disk_is_one_line_and_the_rerun_finishes_identically(tmp_path, cli, small, run):
+    args = ["generate", "toy_signal", "toy_background", "-n", 3000, "--chunk-events", 500, "--seed", 4]
     ref = generate_store(
         {"toy_signal": 0.5, "toy_background": 0.5}, 3000, tmp_path / "ref.zarr", seed=4, chunk_events=500
     )
     out = tmp_path / "g.zarr"
-    env = {**os.environ, "HEPFM_PROGRESS": "0"}
-    cmd = [sys.executable, "-m", "hepfm", "generate", *map(str, args), "--out", str(out)]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, preexec_fn=_limited(20_000))
-    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
-    assert "g.zarr" in r.stderr and "EFBIG" in r.stderr and "rerun" in r.stderr
-    written = zarr.open_group(out, mode="r").attrs["n_events"]
-    assert written < 3000
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    with file_size_limit(20_000):
+        line = assert_one_line_error(cli(*args, "--out", out), "g.zarr", "EFBIG", "rerun")
+    assert zarr.open_group(out, mode="r").attrs["n_events"] < 3000, line
+    assert cli(*args, "--out", out).exit_code == 0
     # byte-identical (the statistics too: a resume before the first chunk once restored min as 0)
     assert snapshot(out) == {k.replace("ref.zarr", "g.zarr"): v for k, v in snapshot(ref.path).items()}
 
-    ev = tmp_path / "ev"
-    cmd = [sys.executable, "-m", "hepfm", "export", str(small), "--format", "spanet", "--out", str(tmp_path / "x.h5")]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, preexec_fn=_limited(50_000))
-    assert r.returncode == 1 and "Traceback" not in r.stderr and "x.h5" in r.stderr, r.stderr
-    assert not (tmp_path / "x.h5").exists() and not ev.exists()
+    before = snapshot(run)
+    copy = tmp_path / "r"
+    shutil.copytree(run, copy)
+    args = [TASK, "--data", small, "--out", copy, *TINY, "--set", "train.max_steps=4", "--resume"]
+    with file_size_limit(50_000):
+        assert_one_line_error(cli("export", small, "--format", "spanet", "--out", tmp_path / "x.h5"), "x.h5", "EFBIG")
+        assert_one_line_error(cli("finetune", *args), "last.safetensors", "EFBIG")
+    assert not (tmp_path / "x.h5").exists() and snapshot(run) == before
+    assert cli("finetune", *args).exit_code == 0  # the run resumes from the checkpoint the full disk left intact
 
 
 # --------------------------------------------------------------------------------------------
