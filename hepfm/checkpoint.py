@@ -31,6 +31,7 @@ __all__ = [
     "checkpoint_weights",
     "build_model",
     "check_config",
+    "check_finite",
     "check_weights",
     "load_model",
 ]
@@ -243,8 +244,14 @@ def check_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], where:
                 f"{where}: tensor '{key}' has shape {tuple(value.shape)}, its config builds {tuple(own[key].shape)} "
                 "(config and tensors disagree)"
             )
+    check_finite(state, where)
+
+
+def check_finite(state: dict[str, torch.Tensor], where: str, prefix: str = "") -> None:
+    """Refuse a state dict with NaN or inf in a floating-point tensor, naming the first one."""
+    for key, value in state.items():
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise HepfmError(f"{where}: tensor '{key}' holds NaN or inf (a diverged or damaged checkpoint)")
+            raise HepfmError(f"{where}: tensor '{prefix}{key}' holds NaN or inf (a diverged or damaged checkpoint)")
 
 
 def checkpoint_weights(ckpt: dict[str, Any], weights: str | None = None, where: str = "checkpoint"):

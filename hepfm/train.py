@@ -38,7 +38,14 @@ from ._files import write_atomic, write_json
 from ._outputs import output_lock, prepare_output
 from ._progress import err_console, progress
 from ._yaml import read_yaml
-from .checkpoint import build_model, checkpoint_weights, find_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    build_model,
+    check_finite,
+    checkpoint_weights,
+    find_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .model import config_from_spec
 from .store import EventLoader, EventStore
 from .tasks import Task, task_selection
@@ -107,6 +114,7 @@ def init_from(
     path = find_checkpoint(checkpoint, "best")
     ckpt = load_checkpoint(path)
     source, chosen = checkpoint_weights(ckpt, weights, str(path))
+    check_finite(source, str(path))
     theirs = ckpt["config"].get("backbone", {})
     mine = model.config.to_dict()
     differ = [
@@ -326,28 +334,30 @@ def _validate(
     return {k: v / max(n, 1) for k, v in sums.items()}
 
 
-def _check_resumable(out: Path, task: Task, theirs: dict[str, Any], mine: dict[str, Any]) -> None:
-    """Refuse ``--resume`` with another task, preset, heads or data layout than the run's, in one line."""
+def _check_resumable(out: Path, task: Task, ckpt: dict[str, Any], mine: dict[str, Any]) -> None:
+    """Refuse ``--resume`` with another task, preset, heads or data layout than the run's, or from NaN weights."""
     previous = out / "task.yaml"
     if previous.is_file():
         data = read_yaml(previous, "task file")[0]
         name = data.get("name") if isinstance(data, dict) else None
         if name != task.name:
             raise HepfmError(f"{out}: --resume with task '{task.name}', but the run is of task '{name}' ({previous})")
+    theirs = ckpt["config"]
     for key in ("backbone", "heads", "schema", "processes"):
-        if theirs.get(key) != mine.get(key):
-            if key == "backbone":
-                what = "; ".join(
-                    f"{k} {theirs[key].get(k)} (run) != {v} (task)"
-                    for k, v in mine[key].items()
-                    if theirs[key].get(k) != v
-                )
-            else:
-                what = f"the run's {key} differ from this task's"
-            raise HepfmError(
-                f"{out}: --resume with another model than the run's: config '{key}': {what}; "
-                "resume with the run's own task and preset, or choose another --out"
+        if theirs.get(key) == mine.get(key):
+            continue
+        what = f"the run's {key} differ from this task's"
+        if key == "backbone":
+            what = "; ".join(
+                f"{k} {theirs[key].get(k)} (run) != {v} (task)" for k, v in mine[key].items() if theirs[key].get(k) != v
             )
+        raise HepfmError(
+            f"{out}: --resume with another model than the run's: config '{key}': {what}; "
+            "resume with the run's own task and preset, or choose another --out"
+        )
+    where = str(out / "checkpoints" / "last.safetensors")
+    check_finite(ckpt["model"], where, "model/")
+    check_finite(ckpt.get("ema") or {}, where, "ema/")
 
 
 def _model_card(run: Path, task: Task, config: dict[str, Any], result: dict[str, Any]) -> str:
@@ -431,7 +441,7 @@ def _train(task: Task, out: Path, resume: bool, fraction: float, wandb_mode: str
     selection = task_selection(task, store.schema)
     ckpt = load_checkpoint(last_path) if resume else None
     if ckpt is not None:  # before anything in the run folder changes
-        _check_resumable(out, task, ckpt["config"], config)
+        _check_resumable(out, task, ckpt, config)
     torch.manual_seed(t.seed)
     random.seed(t.seed)
     np.random.seed(t.seed % 2**32)

@@ -522,9 +522,9 @@ def run_locked(args: list, watched: Path) -> tuple[int | None, str]:
 
 @contextlib.contextmanager
 def small_fs(path: Path, readonly: bool):
-    """A 32 kB tmpfs at ``path`` (read-only if asked); yields False when this process may not mount."""
+    """An 8 kB tmpfs at ``path`` (read-only if asked); yields False when this process may not mount."""
     path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(path)], capture_output=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(path)], capture_output=True)
     if r.returncode != 0:
         yield False
         return
