@@ -58,14 +58,8 @@ DEFAULT_CHUNK = 4096
 class _Moments:
     """Count, mean, M2, min, max per feature, of x and of log1p(max(x, 0)), merged block by block."""
 
-    KEYS = ("n", "mean", "m2", "min", "max", "lmean", "lm2")
 
-    def __init__(self, n_features: int, state: dict[str, list[float]] | None = None) -> None:
-        if state is not None:  # None stands for the infinite min/max of a feature not seen yet
-            for k in self.KEYS:
-                empty = np.inf if k == "min" else -np.inf
-                setattr(self, k, np.asarray([empty if v is None else v for v in state[k]], dtype=np.float64))
-            return
+    def __init__(self, n_features: int) -> None:
         self.n = np.zeros(n_features)
         self.mean = np.zeros(n_features)
         self.m2 = np.zeros(n_features)
@@ -92,9 +86,6 @@ class _Moments:
         self.min = np.minimum(self.min, x.min(0))
         self.max = np.maximum(self.max, x.max(0))
         self.n = n
-
-    def state(self) -> dict[str, list[float]]:
-        return {k: [float(v) if np.isfinite(v) else None for v in getattr(self, k)] for k in self.KEYS}
 
     def stats(self, names: list[str]) -> dict[str, dict[str, float]]:
         out = {}
@@ -257,7 +248,6 @@ class StoreWriter:
                 "topology": self.topology,
                 "provenance": provenance,
                 "n_events": 0,
-                "accumulators": {"objects": self._obj_moments.state(), "globals": self._glob_moments.state()},
             }
         )
         self._group = g
@@ -327,10 +317,21 @@ class StoreWriter:
             arr = g[name]
             if arr.shape[0] != self.n_events:  # drop a chunk written after the last checkpoint
                 arr.resize((self.n_events, *arr.shape[1:]))
-        acc = attrs["accumulators"]
-        self._obj_moments = _Moments(0, acc["objects"])
-        self._glob_moments = _Moments(0, acc["globals"])
+        # the statistics are rebuilt from the events on disk, chunk by chunk as they were merged when written,
+        # so a resumed store's statistics are bit-identical to an uninterrupted write's
+        self._obj_moments = _Moments(self.schema.n_object_features)
+        self._glob_moments = _Moments(self.schema.n_global_features)
+        for start in range(0, self.n_events, self.chunk):
+            stop = min(start + self.chunk, self.n_events)
+            self._accumulate(g["objects"][start:stop], g["mask"][start:stop], g["globals"][start:stop])
         self._group = g
+
+    def _accumulate(self, objects: np.ndarray, mask: np.ndarray, globals_: np.ndarray) -> None:
+        """Merge events into the statistics, one chunk at a time."""
+        for a in range(0, len(objects), self.chunk):
+            b = a + self.chunk
+            self._obj_moments.update(objects[a:b][mask[a:b]])
+            self._glob_moments.update(globals_[a:b])
 
     def _array_names(self) -> list[str]:
         return [*CORE_ARRAYS, *(f"targets/{k}" for k in self.targets)]
@@ -420,13 +421,9 @@ class StoreWriter:
         with zarr.config.set({"array.write_empty_chunks": True}):  # every chunk on disk: truncation is detectable
             for name, values in arrays.items():
                 self._group[name].append(values, axis=0)
-        self._obj_moments.update(out.objects[out.mask])
-        self._glob_moments.update(out.globals)
+        self._accumulate(out.objects, out.mask, out.globals)
         self.n_events += n_write
-        record = {
-            "n_events": self.n_events,
-            "accumulators": {"objects": self._obj_moments.state(), "globals": self._glob_moments.state()},
-        }
+        record: dict[str, Any] = {"n_events": self.n_events}
         if final and extra:
             record.update(extra() if callable(extra) else extra)
         self._group.attrs.update(record)
