@@ -410,6 +410,8 @@ def train(
     """
     out = Path(out)
     prepare_output(out, "run", resume=True)
+    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only rank 0 writes (and locks) the run folder
+        return _train(task, out, resume, fraction, wandb_mode)
     with output_lock(out):
         return _train(task, out, resume, fraction, wandb_mode)
 
