@@ -86,7 +86,7 @@ def output_kind(path: str | os.PathLike) -> str | None:
         )
     if (path / "checkpoints").is_dir() or (path / "task.yaml").is_file():
         return "run"
-    if (path / "metrics.json").is_file():
+    if (path / "metrics.json").is_file() or (path / "plots").is_dir():  # plots come first: an interrupted one
         return "eval"
     if any(path.glob("*.png")) and all(p.suffix in (".png", ".lock") or p.is_dir() for p in path.iterdir()):
         return "plots"
