@@ -58,7 +58,6 @@ DEFAULT_CHUNK = 4096
 class _Moments:
     """Count, mean, M2, min, max per feature, of x and of log1p(max(x, 0)), merged block by block."""
 
-
     def __init__(self, n_features: int) -> None:
         self.n = np.zeros(n_features)
         self.mean = np.zeros(n_features)
@@ -506,12 +505,13 @@ class EventStore:
                 f"{path}: attribute 'complete' is missing, the write stopped after {attrs.get('n_events', 0)} "
                 f"events; rerun the command that wrote it to resume"
             )
-        _check.check_arrays(path, group, _check.check_attributes(path, attrs), attrs)
-        store = cls(path, group, attrs)
+        stored = _check.check_attributes(path, attrs)
         if schema is not None:
-            diff = store.schema.differences(schema)
+            diff = stored.differences(schema)
             if diff:
                 raise StoreError(f"{path}: attribute 'schema' does not match the expected schema: {'; '.join(diff)}")
+        _check.check_arrays(path, group, stored, attrs)
+        store = cls(path, group, attrs)
         if store.n_events == 0:
             raise StoreError(f"{path}: the store holds no events")
         if check:
