@@ -8,7 +8,7 @@ export HEPFM_PROGRESS ?= 1
 
 $(BIN)/hepfm-installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -e ".[dev,generate,ingest]"
+	$(BIN)/pip install -q -e ".[dev,generate,ingest,deepspeed,dask,remote,onnx]"
 	touch $@
 
 # The main job on the embedded default: Pythia events -> pretrain -> finetune -> embed -> probe (a few minutes).

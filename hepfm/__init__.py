@@ -7,8 +7,11 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._awkward import latents_awkward, store_awkward
 from ._errors import HepfmError, StoreError, TaskError
+from ._hf_export import export_model_folder, load_model
 from ._selection import Selection, SelectionError
+from ._task_files import shipped_tasks, task_file
 from .hookspecs import hookimpl
 from .schema import Batch, EventBlock, EventSchema, Feature, FeatureStats, Normaliser, compute_globals
 from .store import EventLoader, EventStore, SplitSpec, StoreWriter
@@ -37,4 +40,10 @@ __all__ = [
     "StoreWriter",
     "Selection",
     "SelectionError",
+    "load_model",
+    "export_model_folder",
+    "store_awkward",
+    "latents_awkward",
+    "task_file",
+    "shipped_tasks",
 ]

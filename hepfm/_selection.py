@@ -11,12 +11,10 @@ store is never rewritten: the loader skips the events that fail.
 from __future__ import annotations
 
 import operator
-import os
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -224,7 +222,7 @@ class Selection:
         """Which of the store's events pass, read chunk by chunk; cached per (store, cuts).
 
         Args:
-            store: An open ``EventStore``.
+            store: An open ``EventStore`` or ``EventDataset``.
 
         Returns:
             Read-only bool [store.n_events].
@@ -237,7 +235,7 @@ class Selection:
             self.check(store.schema)
         except SelectionError as exc:
             raise SelectionError(exc.index, f"{store.path}: {exc}") from None
-        key = (os.fspath(Path(store.path).resolve()), store.n_events, self.cuts)
+        key = (tuple(store.sources), store.n_events, self.cuts)
         cached = _MASK_CACHE.get(key)
         if cached is not None:
             _MASK_CACHE.move_to_end(key)

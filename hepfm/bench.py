@@ -17,7 +17,16 @@ from .generate import generate_store
 from .schema import EventBlock
 from .store import EventLoader, EventStore, StoreWriter
 
-__all__ = ["bench_loader", "bench_model", "bench_train", "epoch_peak_rss"]
+__all__ = [
+    "bench_loader",
+    "bench_model",
+    "bench_train",
+    "epoch_peak_rss",
+    "bench_generation",
+    "bench_remote",
+    "bench_ddp",
+    "bench_dataset_memory",
+]
 
 _RSS_SCRIPT = """
 import json, sys, time
@@ -309,3 +318,6 @@ def bench_train(
             rates = [x["events_per_s"] for x in lines if "events_per_s" in x]
             result[preset] = {"events_per_s": rates[-1], "wall_s": wall}
         return result
+
+
+from ._bench_scale import bench_dataset_memory, bench_ddp, bench_generation, bench_remote  # noqa: E402

@@ -88,6 +88,7 @@ def save_checkpoint(
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
+        os.chmod(tmp, 0o644)  # readable by the group, like any other file of the run
         os.replace(tmp, path)
     except SafetensorError as exc:  # a full or read-only disk: the OSError the CLI reports in one line
         os_error = as_os_error(exc, path)

@@ -23,7 +23,7 @@ app = typer.Typer(
     name="hepfm",
     help="Event-level foundation models for collider physics.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 
@@ -86,6 +86,15 @@ def command(*args, **kwargs):
 # --------------------------------------------------------------------------------------------
 # data
 # --------------------------------------------------------------------------------------------
+ExecutorOpt = Annotated[
+    str | None,
+    typer.Option(help="write a folder of shards: 'dask' (a Dask cluster) or 'local' (one shard at a time here)"),
+]
+SchedulerOpt = Annotated[
+    str | None, typer.Option(help="address of a running Dask scheduler (default: a local cluster of --workers)")
+]
+
+
 @command()
 def generate(
     processes: Annotated[list[str], typer.Argument(help="PROCESS[=FRACTION]..., e.g. toy_signal=0.3 toy_background")],
@@ -102,8 +111,17 @@ def generate(
     fast: Annotated[
         bool, typer.Option("--fast", help="multi-parton interactions off (generators with a `fast` parameter)")
     ] = False,
+    executor: ExecutorOpt = None,
+    scheduler: SchedulerOpt = None,
+    shard_events: Annotated[
+        int | None, typer.Option(help="events per shard with --executor (default 16 chunks)")
+    ] = None,
 ) -> None:
-    """Generate events into a Zarr event store (resumes an interrupted run with the same arguments)."""
+    """Generate events into a Zarr event store (resumes an interrupted run with the same arguments).
+
+    With ``--executor dask`` the work is cut into shards, each a complete store written by a Dask
+    worker, into the folder ``--out`` (a dataset as it is; ``hepfm merge`` makes one store of it).
+    """
     from .generate import find_generator, parse_processes, plan_generation, run_generation
     from .tasks import parse_override
 
@@ -127,8 +145,15 @@ def generate(
         params=params,
         chunk_events=chunk_events,
         overwrite=overwrite,
+        sharded=executor is not None,
     )
-    err_console.print(plan.describe(), highlight=False)
+    err_console.print(plan.describe() + (f" (shards, executor {executor})" if executor else ""), highlight=False)
+    if executor is not None:
+        from .shards import generate_sharded
+
+        r = generate_sharded(plan, executor, scheduler, shard_events)
+        console.print(f"wrote {r.n_events} events in {len(r.shards)} shards to {r.out}", highlight=False)
+        return
     store = run_generation(plan)
     console.print(f"wrote {store.n_events} events to {store.path}", highlight=False)
 
@@ -146,14 +171,34 @@ def convert(
     ] = None,
     chunk_events: Annotated[int, typer.Option(help="events per chunk", min=1, max=MAX_CHUNK)] = 4096,
     overwrite: Annotated[bool, typer.Option(help="replace an existing store")] = False,
+    executor: ExecutorOpt = None,
+    scheduler: SchedulerOpt = None,
+    workers: Annotated[int, typer.Option(help="local Dask workers with --executor dask")] = 2,
 ) -> None:
-    """Convert foreign files (Delphes ROOT, Parquet, SPANet HDF5) into an event store (resumable)."""
+    """Convert foreign files (Delphes ROOT, Parquet, SPANet HDF5) into an event store (resumable).
+
+    With ``--executor dask`` every input file becomes one shard store, written by a Dask worker, in
+    the folder ``--out``.
+    """
     from .convert import plan_conversion, run_conversion
 
     plan = plan_conversion(
-        inputs, format, out, mapping=map, labels=process, chunk_events=chunk_events, overwrite=overwrite
+        inputs,
+        format,
+        out,
+        mapping=map,
+        labels=process,
+        chunk_events=chunk_events,
+        overwrite=overwrite,
+        sharded=executor is not None,
     )
     err_console.print(plan.describe(), markup=False, highlight=False)
+    if executor is not None:
+        from .shards import convert_sharded
+
+        r = convert_sharded(plan, executor, scheduler, workers)
+        console.print(f"wrote {r.n_events} events in {len(r.shards)} shards to {r.out}", highlight=False)
+        return
     result = run_conversion(plan)
     for note in result.notes:
         err_console.print(f"note: {note}", markup=False, highlight=False)
@@ -167,12 +212,26 @@ def convert(
 
 @command()
 def export(
-    store: Annotated[Path, typer.Argument(help="event store (*.zarr)")],
-    format: Annotated[str, typer.Option("--format", help="spanet")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="file to write, e.g. events.h5")],
+    store: Annotated[Path, typer.Argument(help="event store (*.zarr), or a run folder with --format onnx | hf")],
+    format: Annotated[
+        str, typer.Option("--format", help="spanet (a store) | onnx (a run) | hf (a run: shareable model folder)")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="file to write, e.g. events.h5 (hf: a folder)")],
     overwrite: Annotated[bool, typer.Option(help="replace existing output files")] = False,
 ) -> None:
-    """Write an event store in another format (SPANet HDF5 plus its event YAML)."""
+    """Write an event store in another format (SPANet HDF5 plus its event YAML), or a run as ONNX or a model folder."""
+    from ._onnx_export import export_onnx, is_run_folder
+
+    if format == "onnx" and is_run_folder(store):
+        meta = export_onnx(store, out, overwrite=overwrite)
+        console.print(f"wrote {out} ({meta['weights']} weights, heads {', '.join(meta['heads'])})", highlight=False)
+        return
+    if format == "hf" and (store / "checkpoints").is_dir():
+        from ._hf_export import export_model_folder
+
+        folder = export_model_folder(store, out, overwrite=overwrite)
+        console.print(f"wrote {folder}/config.json, model.safetensors (EMA weights) and README.md", markup=False)
+        return
     from .convert import plan_export, run_export
 
     plan = plan_export(store, format, out, overwrite=overwrite)
@@ -186,8 +245,22 @@ def export(
 
 
 @command()
+def merge(
+    stores: Annotated[list[str], typer.Argument(help="stores, globs or shard folders, merged in order")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="event store to write (*.zarr)")],
+    chunk_events: Annotated[int | None, typer.Option(help="events per chunk (default: the first store's)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing store")] = False,
+) -> None:
+    """Merge event stores (e.g. a folder of shards) into one store, in order (resumable)."""
+    from .shards import merge_stores
+
+    store = merge_stores(stores, out, chunk_events=chunk_events, overwrite=overwrite)
+    console.print(f"wrote {store.n_events} events to {store.path}", highlight=False)
+
+
+@command()
 def inspect(
-    store: Annotated[Path, typer.Argument(help="event store (*.zarr)")],
+    store: Annotated[str, typer.Argument(help="event store (*.zarr), or its URL (https://, s3://, root://)")],
     plots: Annotated[Path | None, typer.Option(help="write feature histograms (PNG) here")] = None,
     verify: Annotated[bool, typer.Option(help="read every chunk to check integrity")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
@@ -212,7 +285,10 @@ def _print_summary(s: dict) -> None:
     head.add_row("complete", "yes" if s["complete"] else "NO")
     head.add_row("events", f"{s['n_events']:,}")
     head.add_row("chunks", f"{s['n_chunks']} x {s['chunk_events']} events")
-    head.add_row("on disk", f"{s['bytes_on_disk'] / 1e6:.1f} MB ({s['bytes_per_event']:.0f} bytes/event)")
+    if s["bytes_on_disk"] is None:
+        head.add_row("on disk", "remote store")
+    else:
+        head.add_row("on disk", f"{s['bytes_on_disk'] / 1e6:.1f} MB ({s['bytes_per_event']:.0f} bytes/event)")
     head.add_row("splits (default 0.8/0.1/0.1)", ", ".join(f"{k} {v:,}" for k, v in s["splits"].items()))
     head.add_row("processes", ", ".join(f"{k} {v:,}" for k, v in s["processes"].items()) or "-")
     head.add_row("targets", ", ".join(f"{k} {v['dtype']}{v['shape']}" for k, v in s["targets"].items()) or "-")
@@ -247,13 +323,14 @@ def _print_summary(s: dict) -> None:
 # --------------------------------------------------------------------------------------------
 @command()
 def validate(
-    tasks: Annotated[list[Path], typer.Argument(help="task YAML files")],
+    tasks: Annotated[list[Path], typer.Argument(help="task YAML files, or names of shipped ones (qe_ttbar)")],
     set_: SetOpt = None,
 ) -> None:
     """Validate task files; report every problem (file:line: key: message) at once."""
+    from ._task_files import task_file
     from .tasks import validate_files
 
-    report = validate_files(tasks, set_ or [])
+    report = validate_files([task_file(t) for t in tasks], set_ or [])
     bad = 0
     for path, problems in report.items():
         if problems:
@@ -270,18 +347,22 @@ def validate(
 
 @command(name="plugins")
 def list_plugins(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """List every registered head, dataset and metric and the package that provides it."""
+    """List every registered component (heads, datasets, generators, converters, metrics, commands), broken plugins."""
     regs = plugins.registries()
     rows = [
         {
             "kind": kind,
             "name": r.name,
-            "description": getattr(r.cls, "description", ""),
+            "description": _describe(r.cls),
             "plugin": r.plugin,
             "package": r.package,
         }
         for kind, reg in regs.items()
         for r in reg
+    ]
+    rows += [
+        {"kind": "broken", "name": b.plugin, "description": b.reason, "plugin": b.plugin, "package": b.package}
+        for b in plugins.broken()
     ]
     if json_out:
         console.print_json(json.dumps(rows))
@@ -290,22 +371,31 @@ def list_plugins(json_out: Annotated[bool, typer.Option("--json")] = False) -> N
     for col in ("kind", "name", "description", "plugin", "package"):
         t.add_column(col)
     for row in rows:
-        t.add_row(*(row[c] for c in ("kind", "name", "description", "plugin", "package")))
+        style = "red" if row["kind"] == "broken" else None
+        t.add_row(*(escape(row[c]) for c in ("kind", "name", "description", "plugin", "package")), style=style)
     console.print(t)
+
+
+def _describe(item) -> str:
+    doc = getattr(item, "description", None) or (item.__doc__ or "").strip().split("\n")[0]
+    return str(doc)
 
 
 # --------------------------------------------------------------------------------------------
 # training and downstream (contract fixed now; capabilities land with later issues)
 # --------------------------------------------------------------------------------------------
 def _resolve(task: Path, overrides: list[str] | None):
+    from ._task_files import task_file
     from .tasks import load_task
 
+    task = task_file(task)
     resolved = load_task(task, overrides or [])
     heads = ", ".join(f"{k}={h.name}" for k, h in resolved.heads.items())
     t = resolved.train
+    model = resolved.model.preset if resolved.init is None else f"of {resolved.init.checkpoint}"
     err_console.print(
         f"resolved task {resolved.name} from {task}: data {resolved.dataset.params.get('path')}, "
-        f"model {resolved.model.preset}, heads [{heads}], steps {t.max_steps or str(t.epochs) + ' epochs'}, "
+        f"model {model}, heads [{heads}], steps {t.max_steps or str(t.epochs) + ' epochs'}, "
         f"batch {t.batch_size}, lr {t.lr}, engine {t.engine}",
         highlight=False,
         markup=False,
@@ -314,6 +404,29 @@ def _resolve(task: Path, overrides: list[str] | None):
 
 
 WandbOpt = Annotated[str, typer.Option("--wandb", help="offline (default, no network) | online | disabled")]
+DataOpt = Annotated[
+    list[str] | None,
+    typer.Option(help="event store, URL, glob or shard folder; repeat for a dataset of several (overrides the task's)"),
+]
+
+
+def _data_override(data: list[str] | None) -> list[str]:
+    """``--data`` as a ``--set`` override (JSON is YAML: a path or glob is never read as YAML syntax)."""
+    if not data:
+        return []
+    return [f"dataset.params.path={json.dumps(data[0] if len(data) == 1 else list(data))}"]
+
+
+WandbProjectOpt = Annotated[
+    str | None, typer.Option("--wandb-project", help="W&B project (default: $WANDB_PROJECT, else hepfm)")
+]
+
+
+def _wandb_project(project: str | None) -> None:
+    if project:
+        import os
+
+        os.environ["WANDB_PROJECT"] = project
 
 
 def _train(task, out: Path | None, resume: bool, fraction: float, wandb: str) -> None:
@@ -330,27 +443,26 @@ def _train(task, out: Path | None, resume: bool, fraction: float, wandb: str) ->
 @command()
 def pretrain(
     task: Annotated[Path | None, typer.Argument(help="task YAML (default: tasks/pretrain.yaml)")] = None,
-    data: Annotated[Path | None, typer.Option(help="event store (overrides dataset.params.path)")] = None,
+    data: DataOpt = None,
     out: Annotated[Path | None, typer.Option(help="run folder")] = None,
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option(help="continue an interrupted run")] = False,
     wandb: WandbOpt = "offline",
+    wandb_project: WandbProjectOpt = None,
 ) -> None:
     """Pretrain a backbone (self-supervised stage, then multi-task), as the task's stages declare."""
-    if task is None:  # ./tasks/pretrain.yaml, else the one shipped beside the package (source installs)
+    _wandb_project(wandb_project)
+    if task is None:  # ./tasks/pretrain.yaml, else the one shipped with hepfm
         task = Path("tasks/pretrain.yaml")
-        shipped = Path(__file__).resolve().parents[1] / "tasks" / "pretrain.yaml"
-        if not task.is_file() and shipped.is_file():
-            task = shipped
-    overrides = list(set_ or []) + ([f"dataset.params.path={data}"] if data else [])
+    overrides = list(set_ or []) + _data_override(data)
     _train(_resolve(task, overrides), out, resume, 1.0, wandb)
 
 
 @command()
 def finetune(
-    task: Annotated[Path, typer.Argument(help="task YAML")],
-    init: Annotated[Path | None, typer.Option(help="pretrained run folder")] = None,
-    data: Annotated[Path | None, typer.Option(help="event store (overrides dataset.params.path)")] = None,
+    task: Annotated[Path, typer.Argument(help="task YAML, or the name of a shipped one (qe_ttbar)")],
+    init: Annotated[Path | None, typer.Option(help="pretrained run folder (or exported model folder)")] = None,
+    data: DataOpt = None,
     out: Annotated[Path | None, typer.Option(help="run folder")] = None,
     fraction: Annotated[
         float, typer.Option(help="train on this fraction of the training split", min=0.0, max=1.0)
@@ -358,9 +470,11 @@ def finetune(
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option(help="continue an interrupted run")] = False,
     wandb: WandbOpt = "offline",
+    wandb_project: WandbProjectOpt = None,
 ) -> None:
     """Fine-tune a pretrained backbone with the heads a task names (or train from scratch without init)."""
-    overrides = list(set_ or []) + ([f"dataset.params.path={data}"] if data else [])
+    _wandb_project(wandb_project)
+    overrides = list(set_ or []) + _data_override(data)
     overrides += [f"init.checkpoint={init}"] if init else []
     _train(_resolve(task, overrides), out, resume, fraction, wandb)
 
@@ -368,7 +482,7 @@ def finetune(
 @command()
 def embed(
     run: Annotated[Path, typer.Argument(help="run folder (or a checkpoint file)")],
-    data: Annotated[Path, typer.Option(help="event store")],
+    data: Annotated[list[str], typer.Option(help="event store, URL, glob or shard folder (repeat for several)")],
     out: Annotated[Path, typer.Option(help="latents store (*.zarr)")],
     pca: Annotated[
         int | None, typer.Option(help="also store K principal components (fitted on the val split)", min=1)
@@ -382,7 +496,7 @@ def embed(
     """Write frozen per-object and per-event latents (EMA weights) to a Zarr store."""
     from .embed import embed as run_embed
 
-    err_console.print(f"embed {data} with {run} -> {out}" + (f" (PCA {pca})" if pca else ""), markup=False)
+    err_console.print(f"embed {' '.join(data)} with {run} -> {out}" + (f" (PCA {pca})" if pca else ""), markup=False)
     r = run_embed(run, data, out, pca=pca, batch_size=batch_size, overwrite=overwrite, selection=select)
     extra = f"; PCA keeps {100 * r.pca_explained:.1f}% of the object-latent variance" if r.pca_explained else ""
     console.print(f"wrote latents of {r.n_events} events ({r.latent_dim} dims) to {r.path}{extra}", markup=False)
@@ -419,20 +533,28 @@ def probe(
         write_json(json_out, r)
 
 
-def _print_metrics(results: dict[str, dict[str, float]], title: str) -> None:
-    table = Table(title=title, title_justify="left")
-    for col in ("metric", "figure", "value"):
-        table.add_column(col)
-    for metric, figures in results.items():
-        for name, value in figures.items():
-            table.add_row(metric, name, f"{value:.5g}")
+def _print_headline(rows, title: str) -> None:
+    """Model, baseline and difference per figure, grouped under their metric (fits 80 columns)."""
+    from rich import box
+
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("figure", "model", "baseline", "model - baseline" if len(rows) < 40 else "difference"):
+        table.add_column(col, justify="left" if col == "figure" else "right", no_wrap=True)
+    previous = None
+    for row in rows:
+        if row.metric != previous:
+            table.add_row(f"[bold]{escape(row.metric)}[/]", "", "", "")
+            previous = row.metric
+        table.add_row(f"  {escape(row.label())}", *row.cells())
     console.print(table)
 
 
 @command()
 def evaluate(
     run: Annotated[Path, typer.Argument(help="run folder (its task.yaml names the metrics and the split)")],
-    data: Annotated[Path | None, typer.Option(help="event store (default: the run's dataset)")] = None,
+    data: Annotated[
+        list[str] | None, typer.Option(help="event store, URL, glob or shard folder (default: the run's dataset)")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="output folder (default: RUN/eval)")] = None,
     split: Annotated[SplitName, typer.Option(help="train | val | test | all")] = SplitName.test,
     which: Annotated[Which, typer.Option(help="best | last checkpoint")] = Which.best,
@@ -444,14 +566,23 @@ def evaluate(
         int | None, typer.Option(help="score at most this many events", min=1, max=MAX_EVENTS)
     ] = None,
     batch_size: Annotated[int, typer.Option(help="events per batch", min=1, max=MAX_BATCH)] = 512,
-    seed: Annotated[int, typer.Option(help="seed of the generative heads' sampling", min=0, max=MAX_SEED)] = 0,
+    seed: Annotated[
+        int, typer.Option(help="seed of the generative heads' sampling and of the bootstrap", min=0, max=MAX_SEED)
+    ] = 0,
+    bootstrap: Annotated[
+        int, typer.Option(help="bootstrap resamples for the uncertainties (0: none)", min=0, max=100_000)
+    ] = 30,
+    all_: Annotated[bool, typer.Option("--all", help="print every figure, not only the headline")] = False,
+    wandb: Annotated[str, typer.Option("--wandb", help="log figures and plots: disabled | offline | online")] = (
+        "disabled"
+    ),
+    wandb_project: WandbProjectOpt = None,
 ) -> None:
-    """Evaluate a run with its task's metrics on a store; write metrics.json and PNG plots."""
+    """Evaluate a run with its task's metrics on a store; print the headline; write summary.md, metrics.json, plots."""
     from .evaluate import evaluate as run_evaluate
 
-    err_console.print(
-        f"evaluate {run} ({which.value}) on the {split.value} split of {data or 'its own data'}", markup=False
-    )
+    where = " ".join(data) if data else "its own data"
+    err_console.print(f"evaluate {run} ({which.value}) on the {split.value} split of {where}", markup=False)
     r = run_evaluate(
         run,
         data,
@@ -462,9 +593,45 @@ def evaluate(
         batch_size=batch_size,
         max_events=max_events,
         seed=seed,
+        bootstrap_resamples=bootstrap,
     )
-    _print_metrics(r.metrics, f"{r.n_events} events, {r.weights} weights, selected fraction {r.selected_fraction:.3f}")
-    console.print(f"wrote {r.path / 'metrics.json'} and {len(r.plots)} plots in {r.path / 'plots'}", markup=False)
+    from .evaluate import headline_rows
+
+    errs = f"± bootstrap std over {bootstrap} resamples" if bootstrap else "no bootstrap"
+    title = f"{r.n_events:,} events ({100 * r.selected_fraction:.1f}% pass the selection), {r.weights} weights; {errs}"
+    _print_headline(r.headline, title)
+    if all_:
+        names = {key: spec.name for key, spec in zip(r.metrics, r.specs, strict=True)}
+        _print_headline(headline_rows(r.metrics, r.errors, names, everything=True), "every figure")
+    console.print(
+        f"wrote {r.summary}, {r.path / 'metrics.json'} (every figure) and {len(r.plots)} plots in {r.path / 'plots'}",
+        markup=False,
+    )
+    if wandb != "disabled":
+        from .evaluate import log_to_wandb
+
+        folder = log_to_wandb(r, wandb, wandb_project)
+        console.print(f"logged the evaluation to W&B ({wandb}): {folder}", markup=False)
+
+
+@command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="run folder or checkpoint")],
+    data: Annotated[Path, typer.Option("--data", help="event store to predict (*.zarr)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output file: .parquet, .h5 or .root")],
+    batch_size: Annotated[int, typer.Option(help="events per batch (memory is bounded by it)")] = 1024,
+    weights: Annotated[str | None, typer.Option(help="ema | raw (default: those the run selected on)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing output file")] = False,
+    seed: Annotated[int, typer.Option(help="seed of generative heads' sampling")] = 0,
+) -> None:
+    """Write per-event predictions (one row per input event, in input order) next to the events."""
+    from .predict import predict as run_predict
+
+    res = run_predict(run, data, out, batch_size=batch_size, weights=weights, overwrite=overwrite, seed=seed)
+    console.print(
+        f"wrote {res.n_events} rows, {len(res.columns)} columns to {res.path} ({res.events_per_s:,.0f} events/s)",
+        highlight=False,
+    )
 
 
 @command()
@@ -507,7 +674,7 @@ def study(
 
 @command()
 def bench(
-    kind: Annotated[str, typer.Argument(help="loader | model | train")],
+    kind: Annotated[str, typer.Argument(help="loader | model | train | scale")],
     events: Annotated[int, typer.Option(help="events in the benchmark store", min=1, max=MAX_EVENTS)] = 1_000_000,
     rss_events: Annotated[
         int, typer.Option(help="events in the store whose epoch peak RSS is measured (0: skip)", min=0, max=MAX_EVENTS)
@@ -519,7 +686,12 @@ def bench(
     ] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the figures here")] = None,
 ) -> None:
-    """Measure throughput and memory: loader (store I/O), model (size, FLOPs, speed), train."""
+    """Measure throughput and memory: loader (store I/O), model (size, FLOPs, speed), train, scale.
+
+    ``scale``: generation with Dask against the process pool, loader over HTTP against local disk,
+    data-parallel training on 1 and 2 processes, and the epoch peak RSS of a dataset of many stores
+    (``--events`` events) against one ten times larger.
+    """
     if batch_size is not None and batch_size < 1:
         raise HepfmError(f"--batch-size {batch_size}: expected a positive integer")
     if kind == "model":
@@ -538,8 +710,11 @@ def bench(
         if json_out:
             write_json(json_out, r)
         return
+    if kind == "scale":
+        _bench_scale(events, json_out)
+        return
     if kind != "loader":
-        raise HepfmError(f"unknown benchmark '{kind}'; known: loader, model, train")
+        raise HepfmError(f"unknown benchmark '{kind}'; known: loader, model, train, scale")
     from .bench import bench_loader
 
     try:
@@ -557,6 +732,45 @@ def bench(
         t.add_row(f"loader events/s, {w} workers", f"{rate:,.0f}")
     for k, v in r.get("peak_rss_bytes", {}).items():
         t.add_row(f"peak RSS, {r['rss_events']:,}-event epoch, {k}", f"{v / 2**20:,.0f} MiB")
+    console.print(t)
+    if json_out:
+        write_json(json_out, r)
+
+
+def _bench_scale(events: int, json_out: Path | None) -> None:
+    from ._bench_scale import bench_dataset_memory, bench_ddp, bench_generation, bench_remote
+    from .plugins import datasets
+
+    pythia = "pythia" in [r.name for r in datasets()]
+    gen = bench_generation() if pythia else bench_generation(processes=("toy_signal",), events=200_000,
+                                                             chunk_events=4096, fast=False)  # fmt: skip
+    r = {"generation": gen, "remote": bench_remote(), "ddp": bench_ddp(), "memory": bench_dataset_memory(events)}
+    t = Table(title="bench scale", title_justify="left")
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    for executor in ("pool", "dask"):
+        for w, rate in gen[executor].items():
+            t.add_row(f"generate {'+'.join(gen['processes'])} events/s, {executor}, {w} workers", f"{rate:,.1f}")
+    rem = r["remote"]
+    t.add_row(f"loader events/s, local store ({rem['events']:,} events)", f"{rem['local_events_per_s']:,.0f}")
+    t.add_row("loader events/s, same store over HTTP (loopback)", f"{rem['http_events_per_s']:,.0f}")
+    ddp = r["ddp"]
+    for n, run in ddp["runs"].items():
+        t.add_row(
+            f"train {ddp['preset']} events/s per process, {n} processes (gloo)",
+            f"{run['events_per_s_per_process']:,.0f} ({100 * run['scaling_efficiency']:.0f}%)",
+        )
+        t.add_row(f"peak RSS per process, {n} processes", f"{run['peak_rss_per_process'] / 2**20:,.0f} MiB")
+    proj = ddp["projection_hours"]
+    for k, v in proj.items():
+        if k not in ("note", "target_events"):
+            t.add_row(f"projection: {proj['target_events']:.0e} events, {k} CPU processes", f"{v:,.1f} h")
+    mem = r["memory"]
+    for name in ("small", "big"):
+        m = mem[name]
+        rss = f"{m['peak_rss'] / 2**20:,.0f} MiB"
+        t.add_row(f"epoch peak RSS, {m['events']:,} events in {m['stores']} stores", rss)
+    t.add_row("peak RSS ratio, 10x the events", f"{mem['big_over_small_peak_rss']:.3f}")
     console.print(t)
     if json_out:
         write_json(json_out, r)
@@ -607,6 +821,25 @@ def _root(
         raise typer.Exit()
 
 
+def add_plugin_commands() -> list[str]:
+    """Add the commands plugins register (``hepfm_register_commands``) to ``app``; returns their names.
+
+    A plugin command may not shadow a built-in one: it is skipped with a warning naming its plugin.
+    """
+    taken = {info.name or info.callback.__name__.replace("_", "-") for info in app.registered_commands}
+    added = []
+    for r in plugins.commands():
+        if r.name in taken:
+            if getattr(r.cls, "__wrapped__", None) is None:  # not one this function added earlier
+                err_console.print(f"warning: plugin {r.plugin} ({r.package}): command '{r.name}' is taken; skipped")
+            continue
+        app.command(name=r.name)(_command(r.cls))
+        taken.add(r.name)
+        added.append(r.name)
+    return added
+
+
 def main() -> None:
     """Console-script entry point."""
+    add_plugin_commands()
     app()

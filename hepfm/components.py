@@ -1,16 +1,18 @@
-"""The three kinds of pluggable component (heads, datasets, metrics) as small protocols.
+"""The kinds of pluggable component (heads, datasets, generators, converters, metrics) as small protocols.
 
 Each component class has a registered ``name``, a pydantic ``Params`` model (``extra="forbid"``)
 that validates its ``params`` block in a task file, and a short ``description`` shown by
 ``hepfm plugins``. Nothing here is a base class to inherit from: any class with these members
-can be registered.
+can be registered. ``CONTRACTS`` lists, per kind, the hook that registers it, the members every
+class must have (checked at registration) and the optional members hepfm uses when present;
+hepfm uses no member that is not listed there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -18,7 +20,19 @@ from pydantic import BaseModel, ConfigDict
 
 from .schema import Batch, EventBlock, EventSchema
 
-__all__ = ["Params", "Latents", "HeadDims", "Head", "Dataset", "Generator", "Converter", "Evaluation", "Metric"]
+__all__ = [
+    "Params",
+    "Latents",
+    "HeadDims",
+    "Head",
+    "Dataset",
+    "Generator",
+    "Converter",
+    "Evaluation",
+    "Metric",
+    "Contract",
+    "CONTRACTS",
+]
 
 
 class Params(BaseModel):
@@ -59,9 +73,11 @@ class Head(Protocol):
 
     Built as ``cls(params, dims)``; ``forward(latents, batch)`` returns named output tensors;
     ``loss(outputs, batch)`` returns a scalar and named parts for logging; ``predict(outputs)``
-    returns physics outputs (probabilities, assignments, generated momenta). An optional
+    returns physics outputs (probabilities, assignments, generated momenta). Optional members:
     ``infer(latents, batch, generator)`` returns the physics outputs evaluation should use where
-    they differ from ``predict(forward(...))`` (e.g. a full diffusion sampling chain).
+    they differ from ``predict(forward(...))`` (e.g. a full diffusion sampling chain);
+    ``bind(params, store)`` (a classmethod) returns the params completed from the training store
+    (e.g. its topology), called once when a run starts.
     """
 
     name: ClassVar[str]
@@ -77,21 +93,21 @@ class Head(Protocol):
 
 @runtime_checkable
 class Dataset(Protocol):
-    """A source of events.
+    """Where a task's events come from (task files name it under ``dataset``).
 
-    ``kind`` says how it is used: ``store`` datasets open an existing event store for training
-    (task files name them); ``generator`` datasets make events (``hepfm generate``); ``converter``
-    datasets read foreign formats (``hepfm convert``).
+    Built as ``cls(params, schema)``; ``open()`` returns the opened events: an
+    ``hepfm.EventStore`` or ``hepfm.dataset.EventDataset`` (anything with their reading members).
     """
 
     name: ClassVar[str]
     description: ClassVar[str]
-    kind: ClassVar[Literal["store", "generator", "converter"]]
     Params: ClassVar[type[BaseModel]]
+
+    def open(self) -> Any: ...
 
 
 @runtime_checkable
-class Generator(Dataset, Protocol):
+class Generator(Protocol):
     """A dataset that makes events: ``generate(process, n, seed)`` returns an ``EventBlock``.
 
     ``processes`` lists the process names it knows; ``targets`` describes the targets its blocks
@@ -100,6 +116,9 @@ class Generator(Dataset, Protocol):
     events as the ``topology`` attribute.
     """
 
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Params: ClassVar[type[BaseModel]]
     processes: ClassVar[tuple[str, ...]]
 
     def __init__(self, params: BaseModel, schema: EventSchema) -> None: ...
@@ -110,7 +129,7 @@ class Generator(Dataset, Protocol):
 
 
 @runtime_checkable
-class Converter(Dataset, Protocol):
+class Converter(Protocol):
     """A dataset that reads foreign files (``hepfm convert --format NAME``), streaming.
 
     Built as ``cls(params, schema)``; ``params`` is its ``Params`` validated from the ``--map``
@@ -129,6 +148,10 @@ class Converter(Dataset, Protocol):
     and, for a format that can also be written (``hepfm export``), ``export(store, out, advance)``
     returning the files written, with ``export_companions(out)`` naming any file besides ``out``.
     """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Params: ClassVar[type[BaseModel]]
 
     def __init__(self, params: BaseModel, schema: EventSchema) -> None: ...
 
@@ -210,8 +233,10 @@ class Metric(Protocol):
 
     Built as ``cls(params)``; ``compute(evaluation)`` returns named floats (raise ``ValueError``
     for data it cannot score: the caller reports it as one line). Optional members: ``headline``
-    (ClassVar tuple of the result names a study tabulates and plots; default all) and
-    ``plot(evaluation, out_dir)`` returning the PNG files it wrote.
+    (ClassVar tuple of the result names a study tabulates and plots and ``hepfm evaluate`` headlines;
+    patterns allowed; default all), ``units`` (ClassVar dict: figure-name pattern -> unit, e.g.
+    ``{"*resolution": "GeV"}``), and ``figures(evaluation)`` returning ``{stem: matplotlib Figure}``
+    (saved as ``stem.png``; the older ``plot(evaluation, out_dir)`` returning written PNGs still works).
     """
 
     name: ClassVar[str]
@@ -219,3 +244,34 @@ class Metric(Protocol):
     Params: ClassVar[type[BaseModel]]
 
     def compute(self, evaluation: Evaluation) -> dict[str, float]: ...
+
+
+@dataclass(frozen=True)
+class Contract:
+    """What a kind of component must and may have, and the hook that registers it."""
+
+    hook: str
+    protocol: type
+    required: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+
+
+_BASE = ("name", "description", "Params")
+
+#: kind -> its contract. Registration refuses a class without a required member.
+CONTRACTS: dict[str, Contract] = {
+    "head": Contract(
+        "hepfm_register_heads", Head, (*_BASE, "forward", "loss", "predict"), ("infer", "bind")
+    ),  # fmt: skip
+    "dataset": Contract("hepfm_register_datasets", Dataset, (*_BASE, "open")),
+    "generator": Contract(
+        "hepfm_register_generators", Generator, (*_BASE, "processes", "targets", "generate"), ("topology",)
+    ),  # fmt: skip
+    "converter": Contract(
+        "hepfm_register_converters",
+        Converter,
+        (*_BASE, "describe", "read"),
+        ("counters", "path_params", "export", "export_companions"),
+    ),  # fmt: skip
+    "metric": Contract("hepfm_register_metrics", Metric, (*_BASE, "compute"), ("headline", "plot")),
+}

@@ -288,7 +288,7 @@ def remap_indices(
 # converter lookup and mapping files
 # --------------------------------------------------------------------------------------------
 def _converters() -> list:
-    return [r for r in plugins.datasets() if getattr(r.cls, "kind", None) == "converter"]
+    return list(plugins.converters())
 
 
 def find_converter(name: str) -> type:
@@ -406,6 +406,7 @@ def plan_conversion(
     chunk_events: int = DEFAULT_CHUNK,
     step_events: int = DEFAULT_STEP,
     overwrite: bool = False,
+    sharded: bool = False,
 ) -> ConversionPlan:
     """Validate a conversion request without writing anything.
 
@@ -420,6 +421,7 @@ def plan_conversion(
         chunk_events: Events per chunk of the store.
         step_events: Events read from an input at a time (bounds memory).
         overwrite: Replace an existing store.
+        sharded: ``out`` is a folder of shards, one per input (``hepfm.shards.convert_sharded``).
     """
     if not inputs:
         raise HepfmError("give at least one input file")
@@ -467,7 +469,7 @@ def plan_conversion(
         converter = cls(conv_params, schema)
     except MappingError as exc:
         raise _mapping_problem(exc, mapping_path) from None
-    action = StoreWriter.preflight(out, overwrite)
+    action = "sharded" if sharded else StoreWriter.preflight(out, overwrite)
     try:
         infos = [converter.describe(str(p)) for p in paths]
     except MappingError as exc:

@@ -34,6 +34,7 @@ from ._outputs import output_lock, prepare_output
 from ._progress import progress
 from ._selection import Selection
 from .checkpoint import find_checkpoint, load_model
+from .dataset import open_data
 from .store import EventLoader, EventStore, SplitSpec
 
 __all__ = ["EmbedResult", "embed", "probe", "open_latents"]
@@ -87,7 +88,7 @@ def embed(
 def _embed(run, data, out: Path, pca, batch_size, pca_events, which, selection) -> EmbedResult:
     ckpt_path = find_checkpoint(run, which)
     model = load_model(ckpt_path)
-    store = EventStore.open(data, schema=model.schema)
+    store = open_data(data, schema=model.schema)
     config = model.checkpoint_config
     task_split = SplitSpec()
     task_file = Path(run) / "task.yaml" if Path(run).is_dir() else None
@@ -191,7 +192,7 @@ def _embed(run, data, out: Path, pca, batch_size, pca_events, which, selection) 
         "path": str(out),
         "run": str(run),
         "checkpoint": str(ckpt_path),
-        "data": str(store.path),
+        "data": str(store.path) if len(store.sources) == 1 else store.sources,
         "n_events": n,
         "latent_dim": d,
         "processes": store.processes,

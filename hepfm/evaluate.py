@@ -6,38 +6,58 @@ default): every head's physics outputs are collected (``Head.infer`` where a hea
 full diffusion sampling chain; ``predict(forward(...))`` otherwise), then each metric the run's task
 names computes its figures and draws its plots::
 
-    OUT/metrics.json          {"run", "checkpoint", "weights", "data", "split", "selection", "selected_fraction",
-                               "n_events", "metrics": {metric: {name: value}}}
+    OUT/summary.md            the headline: model, baseline, difference, each with uncertainty and unit
+    OUT/metrics.json          {"hepfm_version", "run", "checkpoint", "checkpoint_sha256", "weights", "data",
+                               "split", "selection", "selected_fraction", "n_events", "max_events", "seed",
+                               "bootstrap", "metrics": {metric: {name: value}},
+                               "errors": {metric: {name: bootstrap std}}, "headline": [rows]}
     OUT/plots/METRIC/*.png    ROC curves, pairing efficiency vs jet multiplicity, residuals, ...
+
+Uncertainties are bootstrap standard deviations over resamples of the scored events (``bootstrap``
+resamples; 0 turns them off); see ``hepfm._headline``.
 
 Non-finite values are written as JSON null (nan) or the strings "inf" / "-inf".
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from . import plugins
+from . import __version__, plugins
 from ._errors import HepfmError
-from ._files import write_json
+from ._files import write_atomic, write_json
+from ._headline import HeadlineRow, bootstrap, headline_rows, markdown_summary
 from ._limits import MAX_BATCH, MAX_EVENTS, MAX_SEED, in_range
 from ._outputs import output_lock, prepare_output
+from ._plots import save_figure
 from ._progress import progress
 from ._selection import Selection
 from .checkpoint import find_checkpoint, load_model
 from .components import Evaluation
+from .dataset import open_data
 from .store import EventLoader, EventStore, SplitSpec
 from .tasks import Component, Task, load_task, task_selection
 
-__all__ = ["EvalResult", "collect", "evaluate", "score", "read_metrics"]
+__all__ = [
+    "EvalResult",
+    "HeadlineRow",
+    "build_metrics",
+    "collect",
+    "evaluate",
+    "headline_rows",
+    "log_to_wandb",
+    "score",
+    "read_metrics",
+]
 
 
 @dataclass
@@ -50,6 +70,11 @@ class EvalResult:
     plots: list[Path]
     weights: str = "ema"
     selected_fraction: float = 1.0
+    errors: dict[str, dict[str, float]] = field(default_factory=dict)
+    headline: list[HeadlineRow] = field(default_factory=list)
+    summary: Path | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+    specs: list[Component] = field(default_factory=list)
 
 
 @torch.no_grad()
@@ -137,17 +162,41 @@ def score(
     """Compute (and, with ``plot_dir``, plot) the named metrics on an evaluation set."""
     results: dict[str, dict[str, float]] = {}
     files: list[Path] = []
-    registry = plugins.metrics()
-    for i, (key, spec) in enumerate(zip(_metric_keys(specs), specs, strict=True)):
-        cls = registry.get(spec.name)
-        metric = cls(cls.Params.model_validate(spec.params))
+    for i, (key, (spec, metric)) in enumerate(build_metrics(specs).items()):
         try:
             results[key] = {k: float(v) for k, v in metric.compute(evaluation).items()}
-            if plot_dir is not None and hasattr(metric, "plot"):
-                files += metric.plot(evaluation, plot_dir / key.replace("#", "_"))
+            if plot_dir is not None:
+                files += _draw(metric, evaluation, plot_dir / key.replace("#", "_"))
         except (ValueError, KeyError) as exc:
             raise HepfmError(f"{where}: key 'metrics.{i}' ({spec.name}): {exc}") from None
     return results, files
+
+
+def build_metrics(specs: list[Component]) -> dict[str, tuple[Component, Any]]:
+    """Result key -> (spec, metric built from its params), in task order."""
+    registry = plugins.metrics()
+    built = {}
+    for key, spec in zip(_metric_keys(specs), specs, strict=True):
+        cls = registry.get(spec.name)
+        built[key] = (spec, cls(cls.Params.model_validate(spec.params)))
+    return built
+
+
+def _draw(metric: Any, evaluation: Evaluation, out: Path) -> list[Path]:
+    """Save a metric's figures (``figures(ev)`` -> {stem: Figure}) or call its older ``plot(ev, out)``."""
+    if hasattr(metric, "figures"):
+        return [save_figure(fig, out / f"{stem}.png") for stem, fig in metric.figures(evaluation).items()]
+    if hasattr(metric, "plot"):
+        return list(metric.plot(evaluation, out))
+    return []
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _json_value(v: float) -> float | str | None:
@@ -175,6 +224,7 @@ def evaluate(
     max_events: int | None = None,
     seed: int = 0,
     plots: bool = True,
+    bootstrap_resamples: int = 30,
 ) -> EvalResult:
     """Evaluate a run folder (or checkpoint file) on a store (see module docstring).
 
@@ -190,6 +240,7 @@ def evaluate(
         max_events: Score at most this many events of the split.
         seed: Seed of the generative heads' sampling.
         plots: Draw the metrics' PNG plots.
+        bootstrap_resamples: Resamples of the scored events for the uncertainties (0: none).
     """
     run = Path(run)
     if split not in ("train", "val", "test", "all"):
@@ -198,6 +249,7 @@ def evaluate(
     in_range("--seed", seed, 0, MAX_SEED)
     if max_events is not None:
         in_range("--max-events", max_events, 1, MAX_EVENTS)
+    in_range("--bootstrap", bootstrap_resamples, 0, 100_000)
     task = _run_task(run)
     specs = metrics if metrics is not None else (task.metrics if task is not None else [])
     if not specs:
@@ -209,30 +261,86 @@ def evaluate(
     out = Path(out) if out is not None else (run if run.is_dir() else run.parent) / "eval"
     prepare_output(out, "eval", resume=True)  # a rerun replaces its metrics; a user's folder is refused
     with output_lock(out):
-        return _evaluate(run, task, specs, data, out, split, which, weights, batch_size, max_events, seed, plots)
+        return _evaluate(
+            run, task, specs, data, out, split, which, weights, batch_size, max_events, seed, plots, bootstrap_resamples
+        )
 
 
-def _evaluate(run, task, specs, data, out, split, which, weights, batch_size, max_events, seed, plots) -> EvalResult:
+def _evaluate(
+    run, task, specs, data, out, split, which, weights, batch_size, max_events, seed, plots, bootstrap_resamples
+) -> EvalResult:
     checkpoint = find_checkpoint(run, which)
     model = load_model(checkpoint, weights=weights)
-    store = EventStore.open(data, schema=model.schema)
+    store = open_data(data, schema=model.schema)
     selection = task_selection(task, store.schema) if task is not None else None
     ev = collect(model, store, split, task.split if task else None, batch_size, max_events, seed, selection)
     where = str(run / "task.yaml") if task is not None else str(run)
     results, files = score(ev, specs, out / "plots" if plots else None, where)
+    built = build_metrics(specs)
+    errors = bootstrap(ev, {k: m for k, (_, m) in built.items()}, results, bootstrap_resamples, seed)
+    rows = headline_rows(results, errors, {k: s.name for k, (s, _) in built.items()})
     record: dict[str, Any] = {
+        "hepfm_version": __version__,
         "run": str(run),
         "checkpoint": str(checkpoint),
+        "checkpoint_sha256": _sha256(checkpoint),
         "weights": model.weights,
-        "data": str(store.path),
+        "data": str(store.path) if len(store.sources) == 1 else store.sources,
         "split": split,
         "selection": list(selection.cuts) if selection else [],
         "selected_fraction": ev.selected_fraction,
         "n_events": len(ev),
+        "max_events": max_events,
+        "seed": seed,
+        "bootstrap": bootstrap_resamples,
         "metrics": {m: {k: _json_value(v) for k, v in r.items()} for m, r in results.items()},
+        "errors": {m: {k: _json_value(v) for k, v in r.items()} for m, r in errors.items()},
+        "headline": [{k: _json_value(v) if isinstance(v, float) else v for k, v in vars(r).items()} for r in rows],
     }
     write_json(out / "metrics.json", record)
-    return EvalResult(out, len(ev), results, files, model.weights, ev.selected_fraction)
+    summary = write_atomic(out / "summary.md", markdown_summary(record, rows))
+    return EvalResult(
+        out, len(ev), results, files, model.weights, ev.selected_fraction, errors, rows, summary, record, list(specs)
+    )
+
+
+def log_to_wandb(result: EvalResult, mode: str = "offline", project: str | None = None) -> Path | None:
+    """Log an evaluation to Weights & Biases: every figure, the headline as a table, every plot as an image.
+
+    Args:
+        result: What ``evaluate`` returned.
+        mode: ``offline`` (files under ``OUT/wandb``, no network), ``online`` or ``disabled``.
+        project: The W&B project (default: ``WANDB_PROJECT``, else ``hepfm``).
+
+    Returns:
+        The W&B run folder, or None when disabled.
+    """
+    if mode == "disabled":
+        return None
+    if mode not in ("offline", "online"):
+        raise HepfmError(f"wandb mode '{mode}': expected offline, online or disabled")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import wandb
+
+    record = {k: v for k, v in result.record.items() if k not in ("metrics", "errors", "headline")}
+    run = wandb.init(
+        project=project or os.environ.get("WANDB_PROJECT") or "hepfm",
+        name=f"{Path(record.get('run', 'run')).name}-eval",
+        job_type="evaluation",
+        dir=str(result.path),
+        mode=mode,
+        config=record,
+        reinit="finish_previous",
+    )
+    values = {f"eval/{m}/{k}": v for m, figs in result.metrics.items() for k, v in figs.items() if math.isfinite(v)}
+    table = wandb.Table(columns=["metric", "figure", "model", "baseline", "difference"])
+    for row in result.headline:
+        table.add_data(row.metric, row.label(), *row.cells())
+    images = {f"plots/{p.parent.name}/{p.stem}": wandb.Image(str(p)) for p in result.plots}
+    run.log({**values, "eval/headline": table, **images})
+    folder = Path(run.dir).parent
+    run.finish()
+    return folder
 
 
 def read_metrics(path: str | os.PathLike) -> dict[str, dict[str, float]]:

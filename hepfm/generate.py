@@ -32,6 +32,7 @@ __all__ = [
     "GenerationPlan",
     "plan_generation",
     "run_generation",
+    "write_shard",
     "generate_store",
 ]
 
@@ -71,16 +72,8 @@ def parse_processes(specs: list[str]) -> dict[str, float]:
 
 def find_generator(processes: list[str], name: str | None = None) -> type:
     """The generator plugin that knows all ``processes`` (or the one named)."""
-    registry = plugins.datasets()
-    generators = [r for r in registry if getattr(r.cls, "kind", None) == "generator"]
-    if name is not None:
-        cls = registry.get(name)
-        if getattr(cls, "kind", None) != "generator":
-            known = ", ".join(r.name for r in generators)
-            raise HepfmError(f"dataset '{name}' is not a generator; generators: {known}")
-        candidates = [cls]
-    else:
-        candidates = [r.cls for r in generators]
+    registry = plugins.generators()
+    candidates = [registry.get(name)] if name is not None else [r.cls for r in registry]
     for cls in candidates:
         if all(p in cls.processes for p in processes):
             return cls
@@ -165,6 +158,7 @@ def plan_generation(
     schema: EventSchema | None = None,
     chunk_events: int = DEFAULT_CHUNK,
     overwrite: bool = False,
+    sharded: bool = False,
 ) -> GenerationPlan:
     """Validate a generation request (processes, generator and its params, sizes) without running it.
 
@@ -179,13 +173,15 @@ def plan_generation(
         schema: Event schema (default EveNet's).
         chunk_events: Events per chunk and per job.
         overwrite: Replace an existing store.
+        sharded: ``out`` is a folder of shards (``hepfm.shards.generate_sharded`` checks it).
     """
     in_range("--events", n_events, 1, MAX_EVENTS)
     in_range("--workers", workers, 1, MAX_WORKERS)
     in_range("--chunk-events", chunk_events, 1, MAX_CHUNK)
     in_range("--seed", seed, 0, MAX_SEED)
     cls = find_generator(list(processes), generator)
-    StoreWriter.preflight(out, overwrite)
+    if not sharded:
+        StoreWriter.preflight(out, overwrite)
     try:
         gen_params = cls.Params.model_validate(params or {})
     except ValidationError as exc:
@@ -204,43 +200,57 @@ def plan_generation(
     )
 
 
-def run_generation(plan: GenerationPlan) -> EventStore:
-    """Generate a planned process mixture into a new event store, or resume an interrupted one."""
-    cls, schema, chunk_events, n_events = plan.generator, plan.schema, plan.chunk_events, plan.n_events
-    names = list(plan.fractions)
-    probe = cls(plan.params, schema)
-    targets = {"process": {"dtype": "int32", "shape": []}, **probe.targets()}
+def _layout(plan: GenerationPlan) -> dict[str, Any]:
+    """What every writer of this plan (one store, or each shard) is given: targets, jobs, provenance."""
+    cls, names = plan.generator, list(plan.fractions)
+    probe = cls(plan.params, plan.schema)
     job_plan = {
         "processes": names,
         "fractions": [plan.fractions[p] for p in names],
         "labels": {p: i for i, p in enumerate(names)},
         "seed": plan.seed,
-        "n_events": n_events,
-        "chunk": chunk_events,
+        "n_events": plan.n_events,
+        "chunk": plan.chunk_events,
     }
     provenance = {
         "generator": cls.name,
         "params": plan.params.model_dump(mode="json"),
         "processes": dict(zip(names, job_plan["fractions"], strict=True)),
         "seed": plan.seed,
-        "n_events_requested": n_events,
+        "n_events_requested": plan.n_events,
         "hepfm_version": __version__,
     }
-    topology = probe.topology() if hasattr(probe, "topology") else {}
-    writer = StoreWriter(
-        plan.out,
-        schema,
-        targets=targets,
-        processes=names,
-        chunk_events=chunk_events,
+    return {
+        "targets": {"process": {"dtype": "int32", "shape": []}, **probe.targets()},
+        "processes": names,
+        "topology": probe.topology() if hasattr(probe, "topology") else {},
+        "provenance": provenance,
+        "job_plan": job_plan,
+        "init_args": (cls, plan.params.model_dump(mode="json"), plan.schema.model_dump(mode="json"), job_plan),
+    }
+
+
+def _writer(plan: GenerationPlan, layout: dict[str, Any], out: Path, provenance: dict, overwrite: bool) -> StoreWriter:
+    return StoreWriter(
+        out,
+        plan.schema,
+        targets=layout["targets"],
+        processes=layout["processes"],
+        chunk_events=plan.chunk_events,
         provenance=provenance,
-        overwrite=plan.overwrite,
-        topology=topology,
+        overwrite=overwrite,
+        topology=layout["topology"],
     )
-    n_jobs = math.ceil(n_events / chunk_events)
-    first = writer.n_events // chunk_events
-    init_args = (cls, plan.params.model_dump(mode="json"), schema.model_dump(mode="json"), job_plan)
-    with progress(f"generate {cls.name}", n_events) as advance:
+
+
+def run_generation(plan: GenerationPlan) -> EventStore:
+    """Generate a planned process mixture into a new event store, or resume an interrupted one."""
+    layout = _layout(plan)
+    writer = _writer(plan, layout, plan.out, layout["provenance"], plan.overwrite)
+    n_jobs = math.ceil(plan.n_events / plan.chunk_events)
+    first = writer.n_events // plan.chunk_events
+    init_args = layout["init_args"]
+    with progress(f"generate {plan.generator.name}", plan.n_events) as advance:
         advance(writer.n_events)
         jobs = range(first, n_jobs)
         if plan.workers == 1 or len(jobs) <= 1:
@@ -256,6 +266,36 @@ def run_generation(plan: GenerationPlan) -> EventStore:
                     writer.append(block)
                     advance(len(block))
     return writer.close()
+
+
+def write_shard(plan: GenerationPlan, jobs: tuple[int, int], out: str | os.PathLike) -> int:
+    """Write jobs ``[j0, j1)`` of a plan as one complete store (resuming it); returns its events.
+
+    The events are those the same jobs give in ``run_generation``, so the shards of a plan, read
+    in order, hold exactly the events of the one-store run with the same seed. A shard already
+    complete with the same provenance is left as it is. Runs in a Dask worker (one generator
+    instance per worker process, reused across its shards).
+    """
+    layout = _layout(plan)
+    provenance = {**layout["provenance"], "shard_jobs": list(jobs)}
+    out = Path(out)
+    if out.is_dir():
+        try:
+            done = EventStore.open(out, check=False)
+        except HepfmError:
+            done = None
+        if done is not None:
+            if done.provenance != provenance:
+                raise HepfmError(f"{out}: a complete shard with other settings (attribute 'provenance') is in the way")
+            return done.n_events
+    key = repr(layout["init_args"])
+    if _STATE.get("key") != key:
+        _init_worker(*layout["init_args"])
+        _STATE["key"] = key
+    writer = _writer(plan, layout, out, provenance, overwrite=False)
+    for job in range(jobs[0] + writer.n_events // plan.chunk_events, jobs[1]):
+        writer.append(_run_job(job))
+    return writer.close().n_events
 
 
 def generate_store(processes: dict[str, float], n_events: int, out: str | os.PathLike, **options: Any) -> EventStore:

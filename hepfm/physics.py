@@ -1,9 +1,11 @@
 """Collider kinematics and the physics figures of merit the built-in metrics report.
 
-Plain numpy, vectorised over events; four-vectors are ``[..., 4]`` arrays ``(px, py, pz, E)``
-in GeV (the layout of the generator's truth targets). Everything here is usable on its own from a
-notebook: pairing efficiencies, background rejection, the ttbar spin-correlation observable D and
-the classical dilepton-ttbar baselines (m(lb) pairing, W-mass neutrino estimate).
+Numpy, vectorised over events; four-vectors are ``[..., 4]`` arrays ``(px, py, pz, E)`` in GeV
+(the layout of the generator's truth targets). The four-vector algebra (coordinates, masses,
+boosts) is scikit-hep's ``vector``; ``lorentz(p)`` gives the ``vector`` view of such an array.
+Everything here is usable on its own from a notebook: pairing efficiencies,
+background rejection, the ttbar spin-correlation observable D and the classical dilepton-ttbar
+baselines (m(lb) pairing, W-mass neutrino estimate).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ __all__ = [
     "effective_entries",
     "M_W",
     "four_vectors",
+    "lorentz",
     "mass",
     "boost_to_rest",
     "cos_phi_spin",
@@ -33,28 +36,38 @@ __all__ = [
 M_W = 80.4  # GeV
 
 
+def lorentz(p: np.ndarray):
+    """The ``vector`` (scikit-hep) Lorentz-vector array of [..., 4] (px, py, pz, E) four-vectors."""
+    import vector
+
+    p = np.asarray(p, np.float64)
+    return vector.array({"px": p[..., 0], "py": p[..., 1], "pz": p[..., 2], "E": p[..., 3]})
+
+
+def _components(v) -> np.ndarray:
+    return np.stack([np.asarray(v.px), np.asarray(v.py), np.asarray(v.pz), np.asarray(v.E)], -1)
+
+
 def four_vectors(schema: EventSchema, objects: np.ndarray) -> np.ndarray:
     """[..., 4] (px, py, pz, E) from the schema's E, pt, eta, phi object features."""
+    import vector
+
     col = {k: objects[..., schema.index(k)].astype(np.float64) for k in ("E", "pt", "eta", "phi")}
-    pt = col["pt"]
-    return np.stack([pt * np.cos(col["phi"]), pt * np.sin(col["phi"]), pt * np.sinh(col["eta"]), col["E"]], -1)
+    p = _components(vector.array({"pt": col["pt"], "eta": col["eta"], "phi": col["phi"], "E": col["E"]}))
+    return p.reshape((*np.shape(objects)[:-1], 4))
 
 
 def mass(p: np.ndarray) -> np.ndarray:
     """Invariant mass of [..., 4] four-vectors (0 for space-like rounding)."""
-    return np.sqrt(np.clip(p[..., 3] ** 2 - (p[..., :3] ** 2).sum(-1), 0.0, None))
+    return np.sqrt(np.clip(np.asarray(lorentz(p).mass2), 0.0, None)).reshape(np.shape(p)[:-1])
 
 
 def boost_to_rest(p: np.ndarray, frame: np.ndarray) -> np.ndarray:
     """``p`` [..., 4] seen in the rest frame of ``frame`` [..., 4] (a pure boost, no rotation)."""
-    beta = frame[..., :3] / frame[..., 3:4]  # [..., 3]
-    b2 = np.clip((beta**2).sum(-1, keepdims=True), 0.0, 1.0 - 1e-12)
-    gamma = 1.0 / np.sqrt(1.0 - b2)
-    bp = (beta * p[..., :3]).sum(-1, keepdims=True)
-    coef = np.where(b2 > 0, (gamma - 1.0) / np.where(b2 > 0, b2, 1.0), 0.0)
-    space = p[..., :3] + coef * bp * beta - gamma * beta * p[..., 3:4]
-    energy = gamma * (p[..., 3:4] - bp)
-    return np.concatenate([space, energy], -1)
+    frame = np.asarray(frame, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = _components(lorentz(p).boostCM_of_p4(lorentz(np.broadcast_to(frame, np.shape(p)))))
+    return out.reshape(np.shape(p))  # vector makes a single four-vector a length-1 array
 
 
 def cos_phi_spin(top: np.ndarray, antitop: np.ndarray, lep_plus: np.ndarray, lep_minus: np.ndarray) -> np.ndarray:
@@ -101,7 +114,11 @@ def reweight_spin(weights: np.ndarray, cos_phi_truth: np.ndarray, d: float) -> n
 
 
 def pairing_outcome(
-    predicted: np.ndarray, truth: np.ndarray, groups: list[list[int]], interchangeable: bool = False
+    predicted: np.ndarray,
+    truth: np.ndarray,
+    groups: list[list[int]],
+    interchangeable: bool = False,
+    daughter_groups: list[list[int]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Compare predicted and true object assignments, resonance by resonance.
 
@@ -111,14 +128,25 @@ def pairing_outcome(
         groups: The columns of each resonance (its daughters); daughters inside a resonance are
             compared as a set (their order never matters to a physics pairing).
         interchangeable: Resonances are indistinguishable (H -> a a): compare the set of pairs.
+        daughter_groups: Per resonance, a group id per daughter: only daughters of one group are
+            compared as a set (t -> b q q': [0, 1, 1], the b must be the b). Default: one group.
 
     Returns:
         matchable [n] (every daughter of every resonance has a reconstructed object), correct [n]
         (every resonance right), right [n] and complete [n] counts of resonances predicted right
         and of fully matched true resonances.
     """
-    pred = [np.sort(predicted[:, g], axis=1) for g in groups]
-    true = [np.sort(truth[:, g], axis=1) for g in groups]
+
+    def canonical(x: np.ndarray, i: int) -> np.ndarray:
+        ids = daughter_groups[i] if daughter_groups is not None else [0] * len(groups[i])
+        x = x[:, groups[i]].copy()
+        for g in set(ids):
+            pos = [a for a, gg in enumerate(ids) if gg == g]
+            x[:, pos] = np.sort(x[:, pos], axis=1)
+        return x
+
+    pred = [canonical(predicted, i) for i in range(len(groups))]
+    true = [canonical(truth, i) for i in range(len(groups))]
     complete_r = np.stack([(t >= 0).all(1) for t in true], 1)  # [n, R]
     right_r = np.zeros_like(complete_r)
     for i, p in enumerate(pred):

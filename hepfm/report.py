@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 
 from ._outputs import prepare_output
-from ._plots import pyplot, save_figure
+from ._plots import draw_hist, feature_label, fill, flow_note, hep_label, make_axis, new_figure, save_figure, styled
 from ._progress import progress
 from .physics import four_vectors, mass
 from .store import EventStore
 
-__all__ = ["summarize_store", "verify_store", "plot_store"]
+__all__ = ["summarize_store", "verify_store", "plot_store", "store_figures"]
 
 
 def summarize_store(path: str | os.PathLike) -> dict[str, Any]:
@@ -39,7 +39,7 @@ def summarize_store(path: str | os.PathLike) -> dict[str, Any]:
         "chunk_events": store.chunk_events,
         "n_chunks": -(-store.n_events // store.chunk_events),
         "bytes_on_disk": size,
-        "bytes_per_event": size / store.n_events,
+        "bytes_per_event": None if size is None else size / store.n_events,
         "processes": counts,
         "schema": store.schema.model_dump(mode="json"),
         "stats": {part: {k: v.model_dump() for k, v in s.items()} for part, s in store.stats.items()},
@@ -60,55 +60,72 @@ def verify_store(path: str | os.PathLike) -> int:
 
 
 def plot_store(path: str | os.PathLike, out_dir: str | os.PathLike, max_events: int = 200_000) -> list[Path]:
-    """Histograms of every object feature and global, per process, as PNGs; returns the files.
+    """Write ``store_figures`` as PNGs (``out_dir/NAME.png``, validation plots under ``validation/``)."""
+    out = Path(out_dir)
+    prepare_output(out, "plots", resume=True)
+    return [save_figure(fig, out / f"{name}.png") for name, fig in store_figures(path, max_events).items()]
 
-    Physics validation plots go to ``out_dir/validation``: multiplicities, MET, m(ll) of two-lepton
-    events, and, for stores with an ``assignment`` target and a topology naming its slots, the
-    masses of truth-assigned resonance daughters (W -> jj, hadronic top, lepton-b of a top, a -> bb).
+
+@styled
+def store_figures(path: str | os.PathLike, max_events: int = 200_000) -> dict[str, Any]:
+    """Histograms of every object feature and global, per process, as matplotlib Figures.
+
+    Keys are file stems: ``objects_FEATURE``, ``globals_FEATURE`` and ``validation/NAME`` for the
+    physics validation plots: multiplicities, MET, m(ll) of two-lepton events, and, for stores with
+    an ``assignment`` target and a topology naming its slots, the masses of truth-assigned resonance
+    daughters (W -> jj, hadronic top, lepton-b of a top, a -> bb). Each histogram shows, per bin,
+    the fraction of each process's entries with its statistical error; integer features (counts,
+    charge, b-tag) get one bin per value, energies a log axis from their smallest value.
     """
-    plt = pyplot()
     store = EventStore.open(path)
     n = min(store.n_events, max_events)
     data = store.read(0, n)
     labels = data.get("targets/process", np.zeros(n, dtype=np.int64))
     names = store.processes or ["all"]
-    out = Path(out_dir)
-    prepare_output(out, "plots", resume=True)
-    out.mkdir(parents=True, exist_ok=True)
-    files = []
+    ecm = _ecm_tev(store)
+    figures: dict[str, Any] = {}
     panels = [("objects", f, i) for i, f in enumerate(store.schema.object_features)]
     panels += [("globals", f, i) for i, f in enumerate(store.schema.global_features)]
     for part, feature, i in panels:
-        fig, ax = plt.subplots(figsize=(5, 3.6))
+        if part == "objects":
+            all_values = data["objects"][..., i][data["mask"]]
+        else:
+            all_values = data["globals"][:, i]
+        log = feature.norm == "log_standardise" and all_values.size and all_values.min() >= 0
+        axis = make_axis(all_values, log=bool(log), unit=feature.unit)
+        fig, ax = new_figure()
+        notes = []
         for p, pname in enumerate(names):
             sel = labels == p
-            if part == "objects":
-                values = data["objects"][sel][..., i][data["mask"][sel]]
-            else:
-                values = data["globals"][sel][:, i]
+            values = (
+                data["objects"][sel][..., i][data["mask"][sel]] if part == "objects" else data["globals"][sel][:, i]
+            )
             if values.size == 0:
                 continue
-            log = feature.norm == "log_standardise" and values.min() >= 0
-            bins = (
-                np.geomspace(max(values[values > 0].min(initial=1e-3), 1e-3), max(values.max(), 1e-2), 50)
-                if log
-                else 50
-            )
-            if log:  # zeros (e.g. m_leps without leptons) cannot be drawn on a log axis
-                values = values[(values >= bins[0]) & (values <= bins[-1])]
-                if values.size == 0:
-                    continue
-            ax.hist(values, bins=bins, histtype="step", density=True, label=pname)
-            if log:
-                ax.set_xscale("log")
-        unit = f" [{feature.unit}]" if feature.unit else ""
-        ax.set_xlabel(f"{part[:-1]} {feature.name}{unit}")
-        ax.set_ylabel("normalised entries")
-        ax.legend(fontsize=7)
-        ax.set_title(f"{Path(path).name}: {n} events", fontsize=8)
-        files.append(save_figure(fig, out / f"{part}_{feature.name}.png"))
-    files += _validation_plots(store, data, labels, names, out / "validation", f"{Path(path).name}: {n} events")
-    return files
+            h = fill(axis, values)
+            draw_hist(ax, h, label=pname, fraction=True)
+            note = flow_note(h)
+            if note:
+                notes.append(f"{pname}: {note}")
+        what = "objects" if part == "objects" else "events"
+        ax.set_xlabel(feature_label(feature.name, feature.unit, "object" if part == "objects" else ""))
+        ax.set_ylabel(f"fraction of {what} / bin")
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.3)
+        hep_label(ax, f"{n:,} events", ecm)
+        ax.legend(loc="upper right", fontsize="x-small")
+        if notes:
+            ax.text(0.04, 0.84, "\n".join(notes[:5]), transform=ax.transAxes, fontsize=7, va="top", color="grey")
+        figures[f"{part}_{feature.name}"] = fig
+    figures.update(
+        {f"validation/{k}": v for k, v in _validation_figures(store, data, labels, names, f"{n:,} events", ecm).items()}
+    )
+    return figures
+
+
+def _ecm_tev(store: EventStore) -> float | None:
+    """Centre-of-mass energy of the store's generator in TeV (13 when it records none)."""
+    params = (store.provenance or {}).get("params") or {}
+    return float(params["ecm"]) / 1000 if "ecm" in params else 13.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,22 +134,34 @@ def plot_store(path: str | os.PathLike, out_dir: str | os.PathLike, max_events: 
 #: Truth-pair masses drawn when the store's topology names these assignment slots:
 #: file stem -> (title, slot groups (one object group per resonance), x range, reference value, its label).
 TRUTH_MASSES: dict[str, tuple[str, list[tuple[str, ...]], tuple[float, float], float, str]] = {
-    "mass_w_jj": ("m(jj), truth W -> q q' jets", [("t_q1", "t_q2"), ("tbar_q1", "tbar_q2")], (0, 200), 80.4, "m_W"),
+    "mass_w_jj": (
+        "$m_{jj}$, truth $W \\to q\\bar{q}'$ jets",
+        [("t_q1", "t_q2"), ("tbar_q1", "tbar_q2")],
+        (0, 200),
+        80.4,
+        "$m_W$",
+    ),
     "mass_top_bjj": (
-        "m(bjj), truth hadronic-top jets",
+        "$m_{bjj}$, truth hadronic-top jets",
         [("t_b", "t_q1", "t_q2"), ("tbar_b", "tbar_q1", "tbar_q2")],
         (0, 350),
         172.5,
-        "m_t",
+        "$m_t$",
     ),
     "mass_lb": (
-        "m(lb), truth b and lepton of one top",
+        "$m_{\\ell b}$, truth $b$ and lepton of one top",
         [("t_b", "t_l"), ("tbar_b", "tbar_l")],
         (0, 250),
         153.0,
-        "endpoint sqrt(mt^2 - mW^2)",
+        "endpoint ($m_t^2 - m_W^2)^{1/2}$",
     ),
-    "mass_a_bb": ("m(bb), truth b jets of one a (H -> a a)", [("a1_b1", "a1_b2"), ("a2_b1", "a2_b2")], (0, 120), 0, ""),
+    "mass_a_bb": (
+        "$m_{bb}$, truth $b$ jets of one $a$ ($H \\to aa$)",
+        [("a1_b1", "a1_b2"), ("a2_b1", "a2_b2")],
+        (0, 120),
+        0,
+        "",
+    ),
 }
 
 
@@ -144,7 +173,7 @@ def store_topology(store: EventStore) -> dict[str, Any]:
     try:
         from . import plugins
 
-        cls = plugins.datasets().get(prov["generator"])
+        cls = plugins.generators().get(prov["generator"])
         gen = cls(cls.Params.model_validate(prov.get("params", {})), store.schema)
         return dict(gen.topology()) if hasattr(gen, "topology") else {}
     except Exception:  # unknown or unavailable generator: no truth layout, no truth plots
@@ -162,12 +191,12 @@ def truth_group_masses(store: EventStore, data: dict[str, np.ndarray], slots: li
     return mass(p), events
 
 
-def _validation_plots(
-    store: EventStore, data: dict[str, np.ndarray], labels: np.ndarray, names: list[str], out: Path, title: str
-) -> list[Path]:
-    plt = pyplot()
-    out.mkdir(parents=True, exist_ok=True)
-    files: list[Path] = []
+def _validation_figures(
+    store: EventStore, data: dict[str, np.ndarray], labels: np.ndarray, names: list[str], text: str, ecm: float | None
+) -> dict[str, Any]:
+    import hist
+
+    figures: dict[str, Any] = {}
     objects, mask = data["objects"], data["mask"]
     lep = (
         mask & (objects[..., store.schema.index("is_lepton")] > 0.5)
@@ -176,46 +205,41 @@ def _validation_plots(
     )
     gnames = store.schema.global_names
 
-    def save(fig, stem: str) -> None:
-        files.append(save_figure(fig, out / f"{stem}.png", title))
-
-    # multiplicities
+    # multiplicities: one integer bin per count
     counts = {"objects": mask.sum(1)}
     for g in ("n_jet", "n_bjet", "n_lepton"):
         if g in gnames:
             counts[g] = data["globals"][:, gnames.index(g)]
-    fig, axes = plt.subplots(1, len(counts), figsize=(3.2 * len(counts), 3.2), squeeze=False)
-    bins = np.arange(-0.5, store.schema.max_objects + 1.5)
+    fig, axes = new_figure(1, len(counts), size=(4.8, 4.4))
+    axes = np.atleast_2d(axes)
     for ax, (what, values) in zip(axes[0], counts.items(), strict=True):
+        axis = hist.axis.Integer(0, int(max(values.max(), 4)) + 1, underflow=False, overflow=False)
         for p, pname in enumerate(names):
             sel = labels == p
             if sel.any():
-                ax.hist(values[sel], bins=bins, histtype="step", density=True, label=pname)
-        ax.set_xlabel(what)
-        ax.set_xlim(-0.5, max(4.5, float(values.max()) + 1))
-    axes[0][0].set_ylabel("normalised entries")
-    axes[0][0].legend(fontsize=6)
-    save(fig, "multiplicity")
+                draw_hist(ax, fill(axis, values[sel]), label=pname, fraction=True)
+        ax.set_xlabel(feature_label(what) if what != "objects" else "$N_{\\mathrm{objects}}$")
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.3)
+    axes[0][0].set_ylabel("fraction of events")
+    hep_label(axes[0][0], text, ecm)
+    axes[0][-1].legend(loc="upper right", fontsize="x-small")
+    figures["multiplicity"] = fig
 
     # missing transverse momentum
     if "met" in gnames:
         met = data["globals"][:, gnames.index("met")]
-        fig, ax = plt.subplots(figsize=(5, 3.6))
+        axis = hist.axis.Regular(40, 0, float(max(200.0, np.percentile(met, 99))))
+        fig, ax = new_figure()
         for p, pname in enumerate(names):
             sel = labels == p
             if sel.any():
-                ax.hist(
-                    met[sel],
-                    bins=np.linspace(0, max(200.0, np.percentile(met, 99)), 50),
-                    histtype="step",
-                    density=True,
-                    label=pname,
-                )
+                draw_hist(ax, fill(axis, met[sel]), label=pname, fraction=True)
         ax.set_yscale("log")
-        ax.set_xlabel("MET [GeV]")
-        ax.set_ylabel("normalised entries")
-        ax.legend(fontsize=6)
-        save(fig, "met")
+        ax.set_xlabel(feature_label("met", "GeV"))
+        ax.set_ylabel("fraction of events / bin")
+        hep_label(ax, text, ecm)
+        ax.legend(loc="upper right", fontsize="x-small")
+        figures["met"] = fig
 
     # m(ll) of events with exactly two leptons (reconstructed, no truth needed)
     if lep is not None:
@@ -223,16 +247,20 @@ def _validation_plots(
         if two.size:
             first = np.argsort(~lep[two], axis=1, kind="stable")[:, :2]
             mll = mass(four_vectors(store.schema, objects[two[:, None], first]).sum(1))
-            fig, ax = plt.subplots(figsize=(5, 3.6))
+            axis = hist.axis.Regular(50, 0, 200)
+            fig, ax = new_figure()
             for p, pname in enumerate(names):
                 sel = labels[two] == p
                 if sel.any():
-                    ax.hist(mll[sel], bins=np.linspace(0, 200, 81), histtype="step", label=f"{pname} ({sel.sum()})")
-            ax.axvline(91.19, color="grey", ls=":", lw=1, label="m_Z")
-            ax.set_xlabel("m(ll), events with two leptons [GeV]")
-            ax.set_ylabel("events")
-            ax.legend(fontsize=6)
-            save(fig, "mass_ll")
+                    n_sel = int(sel.sum())
+                    draw_hist(ax, fill(axis, mll[sel]), label=f"{pname} ({n_sel:,} event{'s' * (n_sel != 1)})")
+            ax.axvline(91.19, color="grey", ls=":", lw=1, label="$m_Z$")
+            ax.set_xlabel("$m_{\\ell\\ell}$, events with two leptons [GeV]")
+            ax.set_ylabel("events / 4 GeV")
+            ax.set_ylim(0, ax.get_ylim()[1] * 1.3)
+            hep_label(ax, text, ecm)
+            ax.legend(loc="upper right", fontsize="x-small")
+            figures["mass_ll"] = fig
 
     # truth-assigned resonance masses
     slots = list(store_topology(store).get("assignment", {}).get("slots", []))
@@ -249,13 +277,16 @@ def _validation_plots(
                     per_process[pname] = np.concatenate(values)
             if not per_process:
                 continue
-            fig, ax = plt.subplots(figsize=(5, 3.6))
+            axis = hist.axis.Regular(50, lo, hi)
+            fig, ax = new_figure()
             for pname, values in per_process.items():
-                ax.hist(values, bins=np.linspace(lo, hi, 61), histtype="step", label=f"{pname} ({values.size})")
+                draw_hist(ax, fill(axis, values), label=f"{pname} ({values.size:,} entries)")
             if ref:
                 ax.axvline(ref, color="grey", ls=":", lw=1, label=ref_label)
             ax.set_xlabel(f"{what} [GeV]")
-            ax.set_ylabel("entries")
-            ax.legend(fontsize=6)
-            save(fig, stem)
-    return files
+            ax.set_ylabel(f"entries / {(hi - lo) / 50:g} GeV")
+            ax.set_ylim(0, ax.get_ylim()[1] * 1.3)
+            hep_label(ax, text, ecm)
+            ax.legend(loc="upper right", fontsize="x-small")
+            figures[stem] = fig
+    return figures

@@ -220,6 +220,20 @@ class Batch:
         return self.apply(lambda t: t.pin_memory())
 
     @classmethod
+    def from_awkward(cls, events, schema: EventSchema, max_objects: int | None = None) -> Batch:
+        """A batch from awkward event records (e.g. built from uproot branches).
+
+        The records need ``objects`` (jagged, one field per object feature), the globals or
+        ``met``/``met_phi`` to compute them, and optionally ``weight`` (see ``hepfm._awkward``).
+
+        Example:
+            >>> batch = Batch.from_awkward(events, model.schema)  # doctest: +SKIP
+        """
+        from ._awkward import batch_from_awkward
+
+        return batch_from_awkward(cls, events, schema, max_objects)
+
+    @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray | torch.Tensor]) -> Batch:
         """Build from the flat dict the loader yields (``targets/<name>`` keys for targets)."""
 

@@ -45,6 +45,7 @@ __all__ = [
     "EventStore",
     "EventLoader",
     "split_segments",
+    "is_url",
 ]
 
 FORMAT = {"format": "hepfm-event-store", "version": SCHEMA_VERSION}
@@ -58,7 +59,13 @@ DEFAULT_CHUNK = 4096
 class _Moments:
     """Count, mean, M2, min, max per feature, of x and of log1p(max(x, 0)), merged block by block."""
 
-    def __init__(self, n_features: int) -> None:
+    KEYS = ("n", "mean", "m2", "min", "max", "lmean", "lm2")
+
+    def __init__(self, n_features: int, state: dict[str, list[float]] | None = None) -> None:
+        if state is not None:
+            for k in self.KEYS:
+                setattr(self, k, np.asarray(state[k], dtype=np.float64))
+            return
         self.n = np.zeros(n_features)
         self.mean = np.zeros(n_features)
         self.m2 = np.zeros(n_features)
@@ -85,6 +92,26 @@ class _Moments:
         self.min = np.minimum(self.min, x.min(0))
         self.max = np.maximum(self.max, x.max(0))
         self.n = n
+
+    @classmethod
+    def merge(cls, parts: list[_Moments]) -> _Moments:
+        """The moments of the union of the parts' rows (exact up to rounding, order-independent in value)."""
+        out = cls(len(parts[0].n))
+        for p in parts:
+            n = out.n + p.n
+            safe = np.where(n > 0, n, 1.0)
+            for attr_mean, attr_m2 in (("mean", "m2"), ("lmean", "lm2")):
+                ma, mb = getattr(out, attr_mean), getattr(p, attr_mean)
+                delta = mb - ma
+                setattr(out, attr_mean, ma + delta * p.n / safe)
+                setattr(out, attr_m2, getattr(out, attr_m2) + getattr(p, attr_m2) + delta**2 * out.n * p.n / safe)
+            out.min = np.where(p.n > 0, np.minimum(out.min, p.min), out.min)
+            out.max = np.where(p.n > 0, np.maximum(out.max, p.max), out.max)
+            out.n = n
+        return out
+
+    def state(self) -> dict[str, list[float]]:
+        return {k: [float(v) if np.isfinite(v) else 0.0 for v in getattr(self, k)] for k in self.KEYS}
 
     def stats(self, names: list[str]) -> dict[str, dict[str, float]]:
         out = {}
@@ -124,6 +151,24 @@ class SplitSpec(BaseModel):
 
 
 Segment = tuple[int, int]
+
+
+def is_url(path: str | os.PathLike) -> bool:
+    """Whether a store path is a URL (``https://``, ``s3://``, ``root://`` ...), read through fsspec."""
+    return "://" in os.fspath(path)
+
+
+def _check_url_scheme(url: str) -> None:
+    """One clear line when the package a URL scheme needs is missing (fsspec's own message otherwise)."""
+    import fsspec
+
+    scheme = url.split("://", 1)[0]
+    try:
+        fsspec.get_filesystem_class(scheme)
+    except ImportError as exc:
+        raise StoreError(f"{url}: reading {scheme}:// stores needs an extra package ({exc})") from None
+    except ValueError:
+        raise StoreError(f"{url}: unknown URL scheme '{scheme}://' (fsspec knows no such protocol)") from None
 
 
 def split_segments(n_events: int, chunk: int, spec: SplitSpec, which: str, fraction: float = 1.0) -> list[Segment]:
@@ -247,6 +292,7 @@ class StoreWriter:
                 "topology": self.topology,
                 "provenance": provenance,
                 "n_events": 0,
+                "accumulators": {"objects": self._obj_moments.state(), "globals": self._glob_moments.state()},
             }
         )
         self._group = g
@@ -266,7 +312,7 @@ class StoreWriter:
             raise StoreError(f"{path}: exists and is not a directory; refusing to touch it")
         if overwrite:
             if any(path.iterdir()) and not StoreWriter._is_store(path):
-                raise StoreError(f"{path}: exists and is not a hepfm event store; --overwrite only replaces stores")
+                raise StoreError(f"{path}: not a hepfm event store; overwrite=True (--overwrite) only replaces stores")
             return "overwrite"
         StoreWriter._open_existing(path)
         return "resume"
@@ -286,7 +332,7 @@ class StoreWriter:
         except Exception as exc:
             raise StoreError(f"{path}: exists and is not a readable event store ({type(exc).__name__})") from None
         if attrs.get("complete"):
-            raise StoreError(f"{path}: a complete store already exists; choose another --out or pass --overwrite")
+            raise StoreError(f"{path}: complete store already exists; pass overwrite=True (--overwrite) or another out")
         if attrs.get("hepfm") != FORMAT or "n_events" not in attrs:
             raise StoreError(f"{path}: exists and is not a hepfm event store; refusing to touch it")
         return g, attrs
@@ -304,12 +350,12 @@ class StoreWriter:
             if attrs.get(key) != value:
                 raise StoreError(
                     f"{self.path}: cannot resume, attribute '{key}' differs from this write "
-                    f"(pass --overwrite to start again)"
+                    f"(pass overwrite=True (--overwrite) to start again)"
                 )
         if attrs.get("provenance", {}) != provenance:
             raise StoreError(
                 f"{self.path}: cannot resume, attribute 'provenance' differs (other seed or settings); "
-                f"pass --overwrite to start again"
+                f"pass overwrite=True (--overwrite) to start again"
             )
         self.n_events = int(attrs["n_events"])
         for name in self._array_names():
@@ -422,7 +468,10 @@ class StoreWriter:
                 self._group[name].append(values, axis=0)
         self._accumulate(out.objects, out.mask, out.globals)
         self.n_events += n_write
-        record: dict[str, Any] = {"n_events": self.n_events}
+        record: dict[str, Any] = {  # the moments so far, merged by multi-store datasets (a resume rebuilds them)
+            "n_events": self.n_events,
+            "accumulators": {"objects": self._obj_moments.state(), "globals": self._glob_moments.state()},
+        }
         if final and extra:
             record.update(extra() if callable(extra) else extra)
         self._group.attrs.update(record)
@@ -469,7 +518,7 @@ class EventStore:
     Use ``EventStore.open(path)``; pass ``schema`` to refuse a store written with another one.
     """
 
-    def __init__(self, path: Path, group: zarr.Group, attrs: dict[str, Any]) -> None:
+    def __init__(self, path: Path | str, group: zarr.Group, attrs: dict[str, Any]) -> None:
         self.path = path
         self._group = group
         self.attrs = attrs
@@ -484,17 +533,32 @@ class EventStore:
 
     @classmethod
     def open(cls, path: str | os.PathLike, schema: EventSchema | None = None, check: bool = True) -> EventStore:
-        """Open a store, refusing a missing, incomplete, truncated or schema-mismatched one."""
-        path = Path(path)
-        if not path.exists():
-            raise StoreError(f"{path}: no such event store")
-        if not (path / "zarr.json").is_file():
-            raise StoreError(f"{path}: not a Zarr v3 event store (zarr.json missing)")
-        try:
-            group = zarr.open_group(path, mode="r")
-            attrs = dict(group.attrs)
-        except Exception as exc:
-            raise StoreError(f"{path}/zarr.json: unreadable store metadata ({type(exc).__name__}: {exc})") from exc
+        """Open a store, refusing a missing, incomplete, truncated or schema-mismatched one.
+
+        ``path`` may be a URL (``https://``, ``s3://``, ``root://`` where fsspec-xrootd is
+        installed): remote stores are opened read-only through fsspec.
+        """
+        if is_url(path):
+            path = os.fspath(path).rstrip("/")
+            _check_url_scheme(path)
+            try:
+                group = zarr.open_group(path, mode="r")
+                attrs = dict(group.attrs)
+            except Exception as exc:
+                raise StoreError(
+                    f"{path}: no readable Zarr v3 event store there ({type(exc).__name__}: {exc})"
+                ) from None
+        else:
+            path = Path(path)
+            if not path.exists():
+                raise StoreError(f"{path}: no such event store")
+            if not (path / "zarr.json").is_file():
+                raise StoreError(f"{path}: not a Zarr v3 event store (zarr.json missing)")
+            try:
+                group = zarr.open_group(path, mode="r")
+                attrs = dict(group.attrs)
+            except Exception as exc:
+                raise StoreError(f"{path}/zarr.json: unreadable store metadata ({type(exc).__name__}: {exc})") from exc
         if "hepfm" not in attrs:
             raise StoreError(f"{path}: not a hepfm event store (attribute 'hepfm' missing)")
         version = attrs["hepfm"].get("version") if isinstance(attrs["hepfm"], dict) else None
@@ -522,6 +586,15 @@ class EventStore:
         return store
 
     @property
+    def sources(self) -> list[str]:
+        """Where the store lives: its absolute path, or its URL."""
+        return [self.path if isinstance(self.path, str) else os.fspath(self.path.resolve())]
+
+    def reopen(self) -> EventStore:
+        """The same store opened afresh, without the array checks (for loader worker processes)."""
+        return EventStore.open(self.path, check=False)
+
+    @property
     def array_names(self) -> list[str]:
         return [*CORE_ARRAYS, *(f"targets/{k}" for k in self.targets)]
 
@@ -532,7 +605,12 @@ class EventStore:
                 raise StoreError(
                     f"{self.path}/{name}: holds {arr.shape[0]} events, attribute 'n_events' says {self.n_events}"
                 )
-            have = arr.nchunks_initialized
+            try:
+                have = arr.nchunks_initialized
+            except Exception:  # a remote server that cannot list: chunks are checked as they are read
+                if isinstance(self.path, str):
+                    continue
+                raise
             if have < expected_chunks:
                 raise StoreError(
                     f"{self.path}/{name}: {expected_chunks - have} of {expected_chunks} chunks missing on disk "
@@ -552,12 +630,20 @@ class EventStore:
         """A ``Normaliser`` module with this store's statistics."""
         return Normaliser(self.schema, self.stats)
 
-    def bytes_on_disk(self) -> int:
+    def bytes_on_disk(self) -> int | None:
+        """Bytes of the store's files (``None`` for a remote store)."""
+        if isinstance(self.path, str):
+            return None
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
 
     def segments(self, split: str, spec: SplitSpec | None = None, fraction: float = 1.0) -> list[Segment]:
         """Event ranges of a split (see ``split_segments``)."""
         return split_segments(self.n_events, self.chunk_events, spec or SplitSpec(), split, fraction)
+
+    def all_segments(self) -> list[Segment]:
+        """Every chunk, in order."""
+        c = self.chunk_events
+        return [(a, min(a + c, self.n_events)) for a in range(0, self.n_events, c)]
 
     # -- data ---------------------------------------------------------------------------------
     def read(
@@ -619,7 +705,7 @@ class _SegmentStream(torch.utils.data.IterableDataset):
 
     def __init__(
         self,
-        path: Path,
+        store: Any,
         segments: list[Segment],
         batch_size: int,
         shuffle: bool,
@@ -630,12 +716,12 @@ class _SegmentStream(torch.utils.data.IterableDataset):
         keep: np.ndarray | None = None,
     ) -> None:
         super().__init__()
-        self.path, self.segments, self.batch_size = path, segments, batch_size
+        self.store, self.segments, self.batch_size = store, segments, batch_size
         self.shuffle, self.seed, self.buffer_segments = shuffle, seed, buffer_segments
         self.drop_last, self.names = drop_last, names
         self.keep = keep  # bool [n_events] of the whole store (the selection), or None: every event
 
-    def _read(self, store: EventStore, a: int, b: int) -> dict[str, np.ndarray] | None:
+    def _read(self, store: Any, a: int, b: int) -> dict[str, np.ndarray] | None:
         """Events [a, b) that pass the selection; ``None`` when none does (nothing is read)."""
         if self.keep is None:
             return store.read(a, b, self.names)
@@ -651,7 +737,7 @@ class _SegmentStream(torch.utils.data.IterableDataset):
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         segments = self.segments[wid::nw]
         rng = np.random.default_rng([self.seed, wid])
-        store = EventStore.open(self.path, check=False)
+        store = self.store.reopen()  # fresh Zarr handles in every worker process
         carry: list[dict[str, np.ndarray]] = []
         bs = self.batch_size
         for i in range(0, len(segments), self.buffer_segments):
@@ -681,7 +767,7 @@ class EventLoader:
     Every event of the split is yielded exactly once per epoch across ranks and workers.
 
     Args:
-        store: An ``EventStore`` or its path.
+        store: An ``EventStore``, an ``EventDataset`` (several stores), or what ``open_data`` takes.
         split: ``train``, ``val``, ``test`` or ``all``.
         batch_size: Events per batch (the last one of each worker may be smaller).
         shuffle: Shuffle segment order and events inside the buffer.
@@ -701,7 +787,7 @@ class EventLoader:
 
     def __init__(
         self,
-        store: EventStore | str | os.PathLike,
+        store: Any,
         split: str = "train",
         batch_size: int = 512,
         shuffle: bool = True,
@@ -717,7 +803,11 @@ class EventLoader:
         pin_memory: bool = False,
         selection: Selection | list[str] | None = None,
     ) -> None:
-        self.store = store if isinstance(store, EventStore) else EventStore.open(store)
+        if not hasattr(store, "segments"):
+            from .dataset import open_data
+
+            store = open_data(store)
+        self.store = store
         if selection is not None and not isinstance(selection, Selection):
             selection = Selection.parse(selection)
         self.selection = selection if selection else None
@@ -726,8 +816,7 @@ class EventLoader:
         if not 0 <= rank < world_size:
             raise StoreError(f"rank {rank} is outside world size {world_size}")
         if split == "all":
-            c = self.store.chunk_events
-            base = [(a, min(a + c, self.store.n_events)) for a in range(0, self.store.n_events, c)]
+            base = self.store.all_segments()
         else:
             base = self.store.segments(split, split_spec, fraction)
         if not base:
@@ -804,7 +893,7 @@ class EventLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         stream = _SegmentStream(
-            self.store.path,
+            self.store,
             self.shard(),
             self.batch_size,
             self.shuffle,

@@ -40,16 +40,16 @@ from typing import Any
 
 import numpy as np
 
+from . import _plots as hp
 from . import plugins
 from ._errors import HepfmError
 from ._files import write_atomic, write_json
-from ._plots import pyplot, save_figure
 from ._progress import err_console
 from .checkpoint import find_checkpoint, load_checkpoint
 from .evaluate import _json_value, _metric_keys, evaluate, read_metrics
 from .store import EventLoader
 from .tasks import EarlyStoppingSpec, InitSpec, Task, task_selection
-from .train import train
+from .train import init_architecture, train
 
 __all__ = ["StudyResult", "study", "study_table", "MODES", "PROTOCOLS", "pretraining_compute"]
 
@@ -184,6 +184,9 @@ def study(
     out.mkdir(parents=True, exist_ok=True)
     write_json(spec_file, {**spec, "cells": cells_record})
 
+    # both modes train the pretrained run's architecture (a fine-tune takes its checkpoint's)
+    arch = init_architecture(task.model_copy(update={"init": InitSpec(checkpoint=str(pretrained))})).model
+    task = task.model_copy(update={"model": arch})
     cells = [(m, f, s) for f in fractions for s in range(seeds) for m in modes]
     for i, (mode, fraction, seed) in enumerate(cells, 1):
         cell = out / "cells" / _cell_name(mode, fraction, seed)
@@ -203,7 +206,7 @@ def study(
         cell_task = _cell_task(task, mode, seed, pretrained, spec_protocol, n_train[fraction])
         if not (resume and _finished(run)):
             train(cell_task, run, resume=resume, fraction=fraction, wandb_mode=wandb_mode)
-        evaluate(run, out=cell / "eval", max_events=max_events)
+        evaluate(run, out=cell / "eval", max_events=max_events, bootstrap_resamples=0)
         cells_record[cell.name] = _cell_compute(run)
         write_json(spec_file, {**spec, "cells": cells_record})
     rows = study_table(out, task, fractions, seeds, modes, n_train, pretraining_compute(pretrained), passing)
@@ -369,11 +372,18 @@ def _markdown(task: Task, rows, fractions, modes, n_train, pretraining=None, sel
 
 
 def _plot(out: Path, task: Task, rows: list[dict[str, Any]]) -> list[Path]:
-    plt = pyplot()
-    files = []
+    return [hp.save_figure(fig, out / "plots" / f"{name}.png") for name, fig in study_figures(task, rows).items()]
+
+
+@hp.styled
+def study_figures(task: Task, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One Figure per headline figure: median and min-max over seeds against training events, per mode."""
+    from matplotlib.ticker import NullFormatter
+
+    out = {}
     figures = _headline_figures(task, rows)
     for figure in [f for f in figures if not _is_baseline(f)]:
-        fig, ax = plt.subplots(figsize=(5, 3.8))
+        fig, ax = hp.new_figure()
         for mode in sorted({r["mode"] for r in rows}):
             sel = sorted(
                 (r for r in rows if r["figure"] == figure and r["mode"] == mode and math.isfinite(r["median"])),
@@ -387,16 +397,15 @@ def _plot(out: Path, task: Task, rows: list[dict[str, Any]]) -> list[Path]:
             hi = [r["max"] if math.isfinite(r["max"]) else r["median"] for r in sel]
             ax.fill_between(x, lo, hi, alpha=0.2)
         if not ax.lines:
-            plt.close(fig)
             continue
         base = [r["median"] for r in rows if r["figure"] == _baseline_of(figure) and math.isfinite(r["median"])]
         if base:
             ax.axhline(base[0], ls="--", c="k", label="classical baseline")
         ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(plt.NullFormatter())  # labelled decades only: no overlapping labels
+        ax.xaxis.set_minor_formatter(NullFormatter())  # labelled decades only: no overlapping labels
         ax.set_xlabel("training events")
-        ax.set_ylabel(figure)
-        ax.legend(fontsize=8)
-        name = figure.replace("/", "__").replace("#", "_")
-        files.append(save_figure(fig, out / "plots" / f"{name}.png", f"{task.name}: median and min-max over seeds"))
-    return files
+        ax.set_ylabel(figure.replace("_", " "))
+        hp.hep_label(ax, f"{task.name}: median and min-max over seeds")
+        ax.legend(loc="lower right")
+        out[figure.replace("/", "__").replace("#", "_")] = fig
+    return out

@@ -246,19 +246,16 @@ def _component_problems(data: dict[str, Any]) -> list[tuple[tuple, str]]:
             return  # structural error, reported by the Task model
         registry = regs[kind]
         if ref["name"] not in registry:
-            problems.append(((*loc, "name"), registry.unknown_message(ref["name"])))
+            message = registry.unknown_message(ref["name"])
+            other = next((k for k in ("generator", "converter") if kind == "dataset" and ref["name"] in regs[k]), None)
+            if other:
+                message = (
+                    f"dataset '{ref['name']}' is a {other}, not a store; make a store with "
+                    f"`hepfm generate`/`hepfm convert` and name one of: {', '.join(registry.names())}"
+                )
+            problems.append(((*loc, "name"), message))
             return
         cls = registry.get(ref["name"])
-        if kind == "dataset" and getattr(cls, "kind", "store") != "store":
-            stores = ", ".join(r.name for r in registry if getattr(r.cls, "kind", None) == "store")
-            problems.append(
-                (
-                    (*loc, "name"),
-                    f"dataset '{ref['name']}' is a {cls.kind}, not a store; make a store with "
-                    f"`hepfm generate`/`hepfm convert` and name one of: {stores}",
-                )
-            )
-            return
         params = ref.get("params") or {}
         if not isinstance(params, dict):
             return

@@ -38,14 +38,7 @@ from ._files import write_atomic, write_json
 from ._outputs import output_lock, prepare_output
 from ._progress import err_console, progress
 from ._yaml import read_yaml
-from .checkpoint import (
-    build_model,
-    check_finite,
-    checkpoint_weights,
-    find_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from .checkpoint import build_model, check_finite, checkpoint_weights, load_checkpoint, save_checkpoint
 from .model import config_from_spec
 from .store import EventLoader, EventStore
 from .tasks import Task, task_selection
@@ -111,8 +104,9 @@ def init_from(
 
     ``weights``: ``ema`` or ``raw``; default: those the pretrained run selected its best checkpoint on.
     """
-    path = find_checkpoint(checkpoint, "best")
-    ckpt = load_checkpoint(path)
+    from ._hf_export import load_pretrained
+
+    path, ckpt = load_pretrained(checkpoint)  # a run folder, checkpoint file or exported model folder
     source, chosen = checkpoint_weights(ckpt, weights, str(path))
     check_finite(source, str(path))
     theirs = ckpt["config"].get("backbone", {})
@@ -153,6 +147,45 @@ def init_from(
     if not any(k.startswith("backbone.") for k in loaded):
         raise HepfmError(f"{path}: no backbone tensor matches this model (another preset or schema?)")
     return {"checkpoint": str(path), "weights": chosen, "loaded": loaded, "skipped": skipped, "missing": missing}
+
+
+def init_architecture(task: Task) -> Task:
+    """The task with its backbone sizes taken from its ``init`` checkpoint (as ``from_pretrained`` does).
+
+    When the task file (or ``--set``) names model sizes that differ, one line says so; the
+    checkpoint's architecture wins. ``feature_dropout`` (a training setting) stays the task's
+    when it gives one.
+    """
+    if task.init is None:
+        return task
+    from ._hf_export import load_pretrained
+    from .model.backbone import PRESETS
+
+    path, ckpt = load_pretrained(task.init.checkpoint)
+    theirs = dict(ckpt["config"].get("backbone", {}))
+    sizes = ("dim", "depth", "num_heads", "k_neighbours")
+    shape = [k for k in PRESETS["tiny"].to_dict() if k not in ("feature_dropout", "dropout")]
+    preset = next((n for n, c in PRESETS.items() if all(c.to_dict()[k] == theirs.get(k) for k in shape)), None)
+    m = task.model
+    asked = m.model_fields_set - {"feature_dropout"}
+    mine = config_from_spec(m.preset, **{k: getattr(m, k) for k in sizes}).to_dict()
+    differ = [k for k in shape if mine.get(k) != theirs.get(k)]
+    if asked and differ:
+        err_console.print(
+            f"note: the task asks for model {m.model_dump(include=asked)}, but {path} was trained as "
+            f"{preset or 'a custom backbone'} ({', '.join(f'{k} {theirs.get(k)}' for k in differ)}); "
+            "the fine-tune takes the checkpoint's architecture",
+            highlight=False,
+            markup=False,
+        )
+    if preset is None:
+        raise HepfmError(f"{path}: its backbone matches no preset ({theirs}); fine-tune it with those sizes")
+    spec = {"preset": preset, **{k: theirs[k] for k in sizes}}
+    if "feature_dropout" in m.model_fields_set:
+        spec["feature_dropout"] = m.feature_dropout
+    else:
+        spec["feature_dropout"] = theirs.get("feature_dropout")
+    return task.model_copy(update={"model": type(m).model_validate(spec)})
 
 
 class LocalEngine:
@@ -224,7 +257,10 @@ def make_engine(task: Task, model: torch.nn.Module, optimizer: torch.optim.Optim
     try:
         from ._deepspeed import DeepSpeedEngine
     except ImportError as exc:
-        raise HepfmError(f"train.engine 'deepspeed' is not available ({exc}); use train.engine=local") from None
+        raise HepfmError(
+            f"train.engine 'deepspeed' is not available ({exc}); "
+            "pip install 'hepfm[deepspeed]' or use train.engine=local"
+        ) from None
     return DeepSpeedEngine(model, optimizer, t)
 
 
@@ -390,7 +426,8 @@ Trained with hepfm {__version__}. {task.description}
 
 ## Files
 `checkpoints/best.safetensors` (EMA and raw weights, config, statistics; safetensors, no pickle),
-`metrics.jsonl`, `task.yaml`. Rebuild with `hepfm.checkpoint.load_model("{run}")`.
+`metrics.jsonl`, `task.yaml`. Rebuild with `hepfm.load_model("{run}")`; share as a model folder with
+`hepfm export {run} --format hf --out DIR`.
 
 ## Limitations
 Trained on simulation only; validate and calibrate before use on collision data.
@@ -423,23 +460,27 @@ def _train(task: Task, out: Path, resume: bool, fraction: float, wandb_mode: str
         raise HepfmError(f"--wandb '{wandb_mode}': expected offline, online or disabled")
     last_path = out / "checkpoints" / "last.safetensors"
     if resume and not last_path.is_file():
-        raise HepfmError(f"{out}: --resume given but no checkpoint at checkpoints/last.safetensors")
+        raise HepfmError(f"{out}: resume=True (--resume) given but no checkpoint at checkpoints/last.safetensors")
     if not resume and last_path.exists():
-        raise HepfmError(f"{out}: a run already exists here; pass --resume to continue it or choose another --out")
+        raise HepfmError(f"{out}: a run already exists here; pass resume=True (--resume) to continue it or another out")
 
     store = (
         plugins.datasets()
         .get(task.dataset.name)(plugins.datasets().get(task.dataset.name).Params.model_validate(task.dataset.params))
         .open()
     )
-    for key, head in task.heads.items():
-        needed = [v for k, v in head.params.items() if k in ("target", "mask_target") and isinstance(v, str)]
+    task = init_architecture(task)  # a fine-tune takes the architecture of the checkpoint it starts from
+    config = model_config(task, store)
+    for key, head in config["heads"].items():  # bound params: a head may have found its targets by name
+        params = head["params"]
+        needed = [v for k, v in params.items() if k in ("target", "mask_target") and isinstance(v, str)]
+        if isinstance(params.get("targets"), dict):  # per-part targets (assignment: one per resonance)
+            needed = [str(v) for v in params["targets"].values()]
         missing = [n for n in needed if n not in store.targets]
         if missing:
             raise HepfmError(
                 f"{store.path}: head '{key}' needs target {missing[0]!r}; the store has {sorted(store.targets)}"
             )
-    config = model_config(task, store)
     selection = task_selection(task, store.schema)
     ckpt = load_checkpoint(last_path) if resume else None
     if ckpt is not None:  # before anything in the run folder changes
@@ -601,9 +642,10 @@ def _train(task: Task, out: Path, resume: bool, fraction: float, wandb_mode: str
                 seen += len(batch) * engine.world_size
                 seen_total += len(batch) * engine.world_size
                 flops += flops_per_event.get(stage, 0.0) * len(batch) * engine.world_size
-                advance(1)
-                if step % t.log_every == 0 or step == total:
+                log_now = step % t.log_every == 0 or step == total
+                if log_now:
                     parts = engine.mean(parts)  # over the processes (every process must call it)
+                advance(1, f"loss {parts['total']:.4g}" if log_now and "total" in parts else None)
                 if engine.is_main and (step % t.log_every == 0 or step == total):
                     rate = seen / max(time.perf_counter() - t0, 1e-9)
                     record = {
@@ -689,7 +731,7 @@ def _start_wandb(task: Task, out: Path, mode: str):
     import wandb
 
     return wandb.init(
-        project="hepfm",
+        project=os.environ.get("WANDB_PROJECT") or "hepfm",  # --wandb-project sets it
         name=task.name,
         dir=str(out),
         mode=mode,

@@ -99,7 +99,7 @@ BAD_GENERATE = {
     "unknown_process": (["ttbar_quantum"], ["unknown process 'ttbar_quantum'", "toy_signal"]),
     "fraction_not_number": (["toy_signal=lots"], ["toy_signal=lots", "not a number"]),
     "fractions_do_not_sum": (["toy_signal=0.5", "toy_background=0.2"], ["sum to 0.7"]),
-    "unknown_generator": (["toy_signal", "--generator", "madgraph"], ["unknown dataset 'madgraph'", "synthetic"]),
+    "unknown_generator": (["toy_signal", "--generator", "madgraph"], ["unknown generator 'madgraph'", "synthetic"]),
     "bad_generator_param": (["toy_signal", "--param", "eta_max=-1"], ["generator 'synthetic' params", "eta_max"]),
 }
 
@@ -159,7 +159,7 @@ def test_plugins_lists_builtins_with_package(cli):
     r = cli("plugins", "--json")
     assert r.exit_code == 0
     rows = {(row["kind"], row["name"]): row for row in json.loads(r.stdout)}
-    assert ("head", "classification") in rows and ("dataset", "synthetic") in rows and ("metric", "roc_auc") in rows
+    assert ("head", "classification") in rows and ("generator", "synthetic") in rows and ("metric", "roc_auc") in rows
     assert rows[("dataset", "zarr")]["package"].startswith("hepfm ")
     assert rows[("dataset", "zarr")]["plugin"] == "builtin_datasets"
 

@@ -1,5 +1,6 @@
 import inspect
 import json
+import os
 import subprocess
 import sys
 
@@ -49,14 +50,42 @@ def test_hook_hepfm_register_heads():
     assert torch.allclose(head.predict(out)["probabilities"].sum(-1), torch.ones(5))
 
 
-def test_hook_hepfm_register_datasets():
+def test_hook_hepfm_register_datasets(demo_store):
     regs = plugins.datasets()
-    assert {"zarr", "synthetic"} <= set(regs.names())
+    assert regs.names() == ["zarr"]
+    zarr = regs.get("zarr")
+    store = zarr(zarr.Params(path=str(demo_store.path))).open()
+    assert store.n_events == demo_store.n_events
+    assert plugins.datasets()._entries["zarr"].package == f"hepfm {hepfm.__version__} (built-in)"
+
+
+def test_hook_hepfm_register_generators():
+    regs = plugins.generators()
+    assert {"synthetic", "pythia"} <= set(regs.names())
     gen = regs.get("synthetic")
     block = gen(gen.Params(), EventSchema()).generate("toy_signal", 100, seed=1)
     assert block.objects.shape == (100, 18, 7) and block.mask[:, 0].all()
     pt = block.objects[..., 1]
     assert (pt[:, :-1] >= pt[:, 1:]).all()  # pT-ordered, padding last
+
+
+def test_hook_hepfm_register_converters():
+    regs = plugins.converters()
+    assert {"delphes", "parquet", "spanet"} <= set(regs.names())
+    assert callable(getattr(regs.get("spanet"), "export", None))  # an optional member of the contract
+
+
+def test_hook_hepfm_register_commands(tmp_path):
+    """A plugin command becomes a `hepfm` verb with the one-line error handling of built-in ones."""
+    _fake_dist(tmp_path, "greeter", GOOD_PLUGIN)
+    r = _hepfm("greet", "--name", "physicist", env={"PYTHONPATH": _pythonpath(tmp_path)})
+    assert r.returncode == 0 and r.stdout.strip() == "hello physicist", r.stderr
+    r = _hepfm("greet", "--name", "", env={"PYTHONPATH": _pythonpath(tmp_path)})
+    assert r.returncode == 1 and r.stderr.strip() == "error: greet: give a name", r.stderr
+    r = _hepfm("plugins", "--json", env={"PYTHONPATH": _pythonpath(tmp_path)})
+    rows = {(row["kind"], row["name"]): row for row in json.loads(r.stdout)}
+    assert rows[("command", "greet")]["package"] == "greeter 1.0"
+    assert rows[("metric", "constant")]["plugin"] == "greeter"
 
 
 def test_hook_hepfm_register_metrics():
@@ -87,10 +116,13 @@ def test_hook_hepfm_register_metrics():
 
 
 def test_registry_refuses_duplicates_and_lists_known():
-    reg = plugins.Registry("head")
+    reg = plugins.Registry("metric")
 
     class A:
-        name, description, Params = "dup", "", object
+        name, description, Params = "dup", "", hepfm.components.Params
+
+        def compute(self, evaluation):
+            return {}
 
     class B(A):
         pass
@@ -98,7 +130,7 @@ def test_registry_refuses_duplicates_and_lists_known():
     reg.register(A, "one", "pkg-one 1.0")
     with pytest.raises(HepfmError, match="'dup' is already registered by plugin one"):
         reg.register(B, "two", "pkg-two 2.0")
-    with pytest.raises(HepfmError, match="unknown head 'x'; known: dup"):
+    with pytest.raises(HepfmError, match="unknown metric 'x'; known: dup"):
         reg.get("x")
 
     class NoParams:
@@ -193,3 +225,122 @@ print(first, float(loss), abs(r["median"]))
 """
     first, last, median = map(float, run_python(code).stdout.split())
     assert last < 0.1 * first and median < 0.2
+
+
+# ---------------------------------------------------------------------------------------------
+# third-party plugins that break: set aside, named, and nothing else stops
+# ---------------------------------------------------------------------------------------------
+GOOD_PLUGIN = """
+import typer
+import hepfm
+from hepfm.components import Params
+
+
+class Constant:
+    name, description, Params = "constant", "always 1", Params
+
+    def __init__(self, params):
+        pass
+
+    def compute(self, evaluation):
+        return {"one": 1.0}
+
+
+def greet(name: str = typer.Option("world")) -> None:
+    \"\"\"Say hello.\"\"\"
+    if not name:
+        raise hepfm.HepfmError("greet: give a name")
+    print(f"hello {name}")
+
+
+@hepfm.hookimpl
+def hepfm_register_metrics():
+    return [Constant]
+
+
+@hepfm.hookimpl
+def hepfm_register_commands():
+    return [greet]
+"""
+
+BROKEN = {
+    "a_import": "import no_such_module_anywhere\n",
+    "b_misspelt": "import hepfm\n@hepfm.hookimpl\ndef hepfm_register_head():\n    return []\n",
+    "c_instance": (
+        "import hepfm\nclass M:\n    pass\n@hepfm.hookimpl\ndef hepfm_register_metrics():\n    return [M()]\n"
+    ),
+    "d_member": (
+        "import hepfm\nfrom hepfm.components import Params\n"
+        "class H:\n    name, description, Params = 'h_nopredict', '', Params\n"
+        "    def forward(self, l, b): ...\n    def loss(self, o, b): ...\n"
+        "@hepfm.hookimpl\ndef hepfm_register_heads():\n    return [H]\n"
+    ),
+    "e_params": (
+        "import hepfm\nclass M:\n    name, description, Params = 'p', '', dict\n"
+        "    def compute(self, e): ...\n@hepfm.hookimpl\ndef hepfm_register_metrics():\n    return [M]\n"
+    ),
+    "f_duplicate": (
+        "import hepfm\nfrom hepfm.components import Params\n"
+        "class M:\n    name, description, Params = 'accuracy', '', Params\n    def compute(self, e): ...\n"
+        "class N:\n    name, description, Params = 'fresh_metric', '', Params\n    def compute(self, e): ...\n"
+        "@hepfm.hookimpl\ndef hepfm_register_metrics():\n    return [N, M]\n"
+    ),
+}
+REASONS = {
+    "a_import": "import failed: ModuleNotFoundError: No module named 'no_such_module_anywhere'",
+    "b_misspelt": "implements unknown hook 'hepfm_register_head'",
+    "c_instance": "registers an instance of M as a metric; return the class",
+    "d_member": "head 'h_nopredict' lacks the `predict` member its protocol requires",
+    "e_params": "metric 'p': `Params` is not a pydantic model class",
+    "f_duplicate": "metric name 'accuracy' is already registered by plugin builtin_metrics",
+}
+
+
+def _fake_dist(root, name, source):
+    """A module plus a dist-info with a `hepfm` entry point: an installed package, without pip."""
+    (root / f"{name}_mod.py").write_text(source)
+    info = root / f"{name}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[hepfm]\n{name} = {name}_mod\n")
+
+
+def _pythonpath(root):
+    return os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
+def test_broken_plugins_are_set_aside_named_and_stop_nothing_else(tmp_path):
+    for name, source in BROKEN.items():
+        _fake_dist(tmp_path, name, source)
+    _fake_dist(tmp_path, "greeter", GOOD_PLUGIN)
+    env = {"PYTHONPATH": _pythonpath(tmp_path)}
+    r = _hepfm("plugins", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    broken = {row["name"]: row for row in rows if row["kind"] == "broken"}
+    assert sorted(broken) == sorted(BROKEN)
+    for name, reason in REASONS.items():
+        assert reason in broken[name]["description"], (name, broken[name])
+        assert broken[name]["package"] == f"{name} 1.0"
+    names = {(row["kind"], row["name"]) for row in rows}
+    assert ("metric", "fresh_metric") not in names  # a broken plugin is skipped whole
+    assert ("metric", "constant") in names and ("head", "classification") in names  # the others work
+    # unrelated commands run; a command that needs the broken plugin names it in one line
+    assert _hepfm("validate", ROOT / "tasks" / "demo_classify.yaml", env=env).returncode == 0
+    task = tmp_path / "t.yaml"
+    task.write_text((ROOT / "tasks" / "demo_classify.yaml").read_text().replace("name: classification",
+                                                                                "name: h_nopredict"))  # fmt: skip
+    r = _hepfm("validate", task, env=env)
+    assert r.returncode == 1 and "unknown head 'h_nopredict'" in r.stderr and "d_member (head 'h_nopredict'" in r.stderr
+    assert "Traceback" not in r.stderr
+    # HEPFM_DISABLE_PLUGINS excludes by name; names that match nothing are reported
+    r = _hepfm("plugins", "--json", env={**env, "HEPFM_DISABLE_PLUGINS": "a_import,b_misspelt,nope"})
+    broken = {row["name"] for row in json.loads(r.stdout) if row["kind"] == "broken"}
+    assert broken == set(BROKEN) - {"a_import", "b_misspelt"}
+    assert "warning: HEPFM_DISABLE_PLUGINS names 'nope', which matches no plugin" in r.stderr
+    r = _hepfm("plugins", "--json", env={**env, "HEPFM_LOAD_PLUGINS": "greeter,exmaple"})
+    rows = json.loads(r.stdout)
+    assert not [row for row in rows if row["kind"] == "broken"] and ("command", "greet") in {
+        (row["kind"], row["name"]) for row in rows
+    }
+    assert "warning: HEPFM_LOAD_PLUGINS names 'exmaple', which matches no plugin" in r.stderr

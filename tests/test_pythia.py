@@ -383,7 +383,7 @@ def test_without_pythia_the_module_imports_and_use_is_one_clear_error(tmp_path):
     code = block + (
         "import hepfm_builtin.pythia as m\n"
         "from hepfm import EventSchema, HepfmError, plugins\n"
-        "assert 'pythia' in plugins.datasets()\n"
+        "assert 'pythia' in plugins.generators()\n"
         "try:\n"
         "    m.PythiaGenerator(m.PythiaGenerator.Params(), EventSchema())\n"
         "except HepfmError as e:\n"

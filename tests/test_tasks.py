@@ -74,7 +74,7 @@ metrics: [roc_auc, bogus]
     got = e.value.problems
     expected = [
         (2, "trian", "Extra inputs"),
-        (3, "dataset.name", "unknown dataset 'zar'; known: "),  # every registered dataset, converters included
+        (3, "dataset.name", "unknown dataset 'zar'; known: "),  # every registered dataset
         (7, "heads.p.params.num_classes", "valid integer"),
         (7, "heads.p.params.hiden", "Extra inputs"),
         (8, "heads.q.name", "unknown head 'nope'; known: assignment, classification"),

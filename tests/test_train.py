@@ -120,16 +120,17 @@ def test_pretrain_finetune_embed_probe_end_to_end(tmp_path, cli, pythia_stores):
     assert {"self_supervised", "multitask"} <= stages
     assert (pre / "MODEL_CARD.md").exists() and (pre / "task.yaml").exists()
 
-    r = cli(
+    r = cli(  # no --set model.preset: the fine-tune takes the tiny architecture of its checkpoint
         "finetune",
-        ROOT / "tasks" / "qe_ttbar.yaml",
+        "qe_ttbar",  # a shipped task, by name
         "--init",
         pre,
         "--data",
         tt,
         "--out",
         fine,
-        *TINY,
+        "--wandb",
+        "disabled",
         "--set",
         "train.max_steps=10",
         "--set",
@@ -143,6 +144,7 @@ def test_pretrain_finetune_embed_probe_end_to_end(tmp_path, cli, pythia_stores):
     )
     assert r.exit_code == 0, r.stderr + r.stdout
     assert "init from" in r.stderr and "loaded" in r.stderr and "skipped" in r.stderr
+    assert "model tiny" in r.stderr or "preset: tiny" in (fine / "task.yaml").read_text()
     report = json.loads((fine / "init_report.json").read_text())
     assert any(k.startswith("backbone.") for k in report["loaded"])
     assert any(k.startswith("heads.process") for k in report["skipped"])  # pretraining heads the task lacks
@@ -175,9 +177,22 @@ def test_pretrain_finetune_embed_probe_end_to_end(tmp_path, cli, pythia_stores):
     assert_one_line_error(cli("probe", sel_lat, "--target", "process", "--signal", "haa"), "--signal haa")
 
     # physics evaluation of the fine-tune: its task's metrics and plots
-    r = cli("evaluate", fine, "--data", tt, "--max-events", 400)
+    r = cli("evaluate", fine, "--data", tt, "--max-events", 400, "--bootstrap", 8)
     assert r.exit_code == 0, r.stderr + r.stdout
-    m = json.loads((fine / "eval" / "metrics.json").read_text())["metrics"]
+    headline = r.stdout.splitlines()
+    assert len(headline) <= 30, r.stdout  # the headline reads at a glance
+    assert "eff_matchable" in r.stdout and "±" in r.stdout and "[GeV]" in r.stdout
+    assert "eff_matchable_nj3" not in r.stdout  # the rest is behind --all
+    record = json.loads((fine / "eval" / "metrics.json").read_text())
+    assert {"hepfm_version", "checkpoint_sha256", "weights", "seed", "n_events", "selection", "bootstrap"} <= set(
+        record
+    )
+    assert (fine / "eval" / "summary.md").read_text().count("\n| ") >= 8
+    r_all = cli(
+        "evaluate", fine, "--data", tt, "--max-events", 400, "--bootstrap", 0, "--all", "--out", tmp_path / "e2"
+    )
+    assert r_all.exit_code == 0 and "eff_matchable_nj3" in r_all.stdout and len(r_all.stdout.splitlines()) > 40
+    m = record["metrics"]
     assert set(m) == {"pairing", "neutrino_residuals", "spin_correlation"}
     p, s = m["pairing"], m["spin_correlation"]
     assert 0 <= p["eff_all"] <= p["eff_matchable"] <= 1 and 0 <= p["baseline_eff_all"] <= p["baseline_eff_matchable"]
@@ -228,7 +243,7 @@ def test_checkpoints_are_safe_and_checked(tmp_path, cli, demo_store):
         "train.val_batches=1",
     )
     assert r.exit_code == 0, r.stderr
-    # a checkpoint of another preset
+    # a task that asks for another preset than its checkpoint's: the checkpoint wins, with one note
     r = cli(
         "finetune",
         ROOT / "tasks" / "demo_classify.yaml",
@@ -245,7 +260,9 @@ def test_checkpoints_are_safe_and_checked(tmp_path, cli, demo_store):
         "--wandb",
         "disabled",
     )
-    assert_one_line_error(r, "the pretrained backbone has other sizes")
+    assert r.exit_code == 0, r.stderr
+    assert "asks for model {'preset': 'small'}" in r.stderr and "takes the checkpoint's architecture" in r.stderr
+    assert "preset: tiny" in (tmp_path / "r2" / "task.yaml").read_text()
     # embedding data of another schema
     import zarr
 

@@ -120,7 +120,7 @@ class _ShortSoftmax(torch.autograd.Function):
 
 def _softmax(x: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dimension (torch's own on GPUs, where its kernel is fast)."""
-    if x.device.type == "cpu" and x.dtype == torch.float32:
+    if x.device.type == "cpu" and x.dtype == torch.float32 and not torch.onnx.is_in_onnx_export():
         return _ShortSoftmax.apply(x)
     return x.softmax(-1)
 
@@ -165,8 +165,9 @@ class Packing(NamedTuple):
         rows = mask.flatten().nonzero().squeeze(1)
         event = rows.div(n, rounding_mode="floor")
         count = mask.sum(1)
-        m = max(int(count.max()), 1) if b else 1
-        rank = mask.cumsum(1).flatten().index_select(0, rows) - 1  # place among its event's real objects
+        # an ONNX graph keeps the padded N: a traced M would be one batch's constant
+        m = n if torch.onnx.is_in_onnx_export() else (max(int(count.max()), 1) if b else 1)
+        rank = mask.long().cumsum(1).flatten().index_select(0, rows) - 1  # place among its event's real objects
         cropped = torch.arange(m, device=mask.device)[None] < count[:, None]
         return cls(rows, event, event * m + rank, cropped, (b, n))
 
@@ -227,7 +228,12 @@ class LocalEdge(nn.Module):
         # index_select, not advanced indexing: its backward is an index_add (advanced indexing's,
         # an accumulating index_put, is ~15x slower on CPU)
         a = drop(act(from_neigh.index_select(0, edges.src) + from_centre.index_select(0, edges.dst)))  # [E, D']
-        mean = a.new_zeros(x.shape[0], a.shape[1]).index_add_(0, edges.dst, a) * edges.scale.to(a.dtype)  # [R, D']
+        total = a.new_zeros(x.shape[0], a.shape[1])
+        if torch.onnx.is_in_onnx_export():  # the exporter's index_add drops repeated indices; scatter_add adds them
+            total = total.scatter_add(0, edges.dst[:, None].expand_as(a), a)
+        else:
+            total = total.index_add_(0, edges.dst, a)
+        mean = total * edges.scale.to(a.dtype)  # [R, D']
         return torch.addmm(edges.has * last.bias, mean, last.weight.T)  # [R, D]
 
 
@@ -285,7 +291,7 @@ class Block(nn.Module):
 def _mask_bias(mask: torch.Tensor) -> torch.Tensor:
     """Additive attention mask: real keys 0, padded keys -inf, but every query may see itself."""
     n = mask.shape[1]
-    allowed = mask[:, None, :] | torch.eye(n, dtype=torch.bool, device=mask.device)[None]
+    allowed = mask[:, None, :] | torch.eye(n, device=mask.device).bool()[None]
     return torch.zeros(allowed.shape, device=mask.device).masked_fill(~allowed, float("-inf")).unsqueeze(1)
 
 
@@ -297,11 +303,11 @@ def _edges(eta: torch.Tensor, phi: torch.Tensor, mask: torch.Tensor, k: int) -> 
     b, n = mask.shape
     deta, dphi = _pairwise_deta_dphi(eta, phi)
     dist = deta**2 + dphi**2
-    bad = ~mask[:, None, :] | torch.eye(n, dtype=torch.bool, device=mask.device)[None]
+    bad = ~mask[:, None, :] | torch.eye(n, device=mask.device).bool()[None]
     dist = dist.masked_fill(bad, float("inf"))
     d, idx = dist.topk(min(k, n - 1), dim=-1, largest=False)  # [B, N, K]
     valid = torch.isfinite(d) & mask[:, :, None]  # [B, N, K]
-    packed = (mask.flatten().cumsum(0) - 1).view(b, n)  # row of each real object among the real ones
+    packed = (mask.long().flatten().cumsum(0) - 1).view(b, n)  # row of each real object among the real ones
     dst = packed.unsqueeze(-1).expand_as(idx)[valid]  # [E]
     src = packed.gather(1, idx.flatten(1)).view_as(idx)[valid]  # [E]
     count = valid.sum(-1)[mask].unsqueeze(1)  # [R, 1]

@@ -5,15 +5,23 @@ plus pairwise bilinear terms); daughters declared symmetric share their projecti
 canonical (ascending) order of their indices is a valid tuple, so the score is symmetric by
 construction. Scores are normalised with a softmax over all valid tuples. Interchangeable
 resonances (t <-> tbar in all-hadronic ttbar, a1 <-> a2 in H -> aa) take the minimum loss over
-their permutations. Decoding is conflict-free: an exact search over the joint choice of the top
-tuples of every resonance, with a greedy fallback for events that cannot be fully assigned.
+their permutations. Decoding is conflict-free (``_assignment_decode``): exact for one or two
+resonances, a search over the top tuples for more, greedy for events that cannot be fully assigned.
+
+Tuples are scored over the batch's real multiplicity M (candidate objects moved to the front, the
+padded N never enters): memory O(B M**k) per resonance.
+
+Targets by name: with no ``columns`` given, ``bind`` finds each resonance's daughters in the
+store's topology, as slots ``<resonance>_<daughter>`` of the generator's ``assignment`` target or
+as the per-resonance target ``assignment/<resonance>`` of a converted store (SPANet, Parquet),
+trying the resonance's own name, then its ``aliases``. One task file thus trains on both.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -22,6 +30,8 @@ from torch import nn
 from hepfm import Batch, HepfmError
 from hepfm._limits import MAX_WIDTH
 from hepfm.components import HeadDims, Latents, Params
+
+from ._assignment_decode import decode
 
 MAX_DAUGHTERS = 3
 
@@ -34,9 +44,17 @@ class AssignmentParams(Params):
     symmetric_resonances: list[list[str]] = Field(
         default_factory=list, description="groups of interchangeable resonances, e.g. [[a1, a2]]"
     )
+    aliases: dict[str, list[str]] = Field(
+        default_factory=dict, description="other names of a resonance in stores' topologies, e.g. {t: [t1]}"
+    )
     target: str = Field("assignment", description="integer target [B, daughters], object index or -1")
+    targets: dict[str, str] | None = Field(
+        None, description="per resonance, the target holding its daughters (default: target; set by bind)"
+    )
     columns: dict[str, list[int]] | None = Field(
-        None, description="target column of each daughter, per resonance (default: consecutive in declaration order)"
+        None,
+        description="target column of each daughter, per resonance (default: from the store's topology, "
+        "else consecutive in declaration order)",
     )
     candidates: Literal["all", "jets"] = Field(
         "all", description="objects a daughter may be: all, or jets only (objects whose is_lepton feature is 0)"
@@ -64,13 +82,64 @@ class AssignmentParams(Params):
                 raise ValueError(f"symmetric_resonances: unknown resonances {sorted(unknown)}")
             if len({len(self.resonances[r]) for r in group}) != 1:
                 raise ValueError(f"symmetric_resonances {group} must have the same number of daughters")
-        if self.columns is not None and set(self.columns) != set(self.resonances):
-            raise ValueError("columns must give the target columns of every resonance")
+        if self.columns is not None:
+            if set(self.columns) != set(self.resonances):
+                raise ValueError("columns must give the target columns of every resonance")
+            for res, cols in self.columns.items():
+                if len(cols) != len(self.resonances[res]):
+                    raise ValueError(f"columns.{res}: {len(cols)} columns for {len(self.resonances[res])} daughters")
+        if self.targets is not None and set(self.targets) != set(self.resonances):
+            raise ValueError("targets must name the target of every resonance")
+        if self.targets is not None and self.columns is None:
+            raise ValueError("targets needs columns: the daughters' columns in each resonance's target")
+        unknown = set(self.aliases) - set(self.resonances)
+        if unknown:
+            raise ValueError(f"aliases: unknown resonances {sorted(unknown)}")
         return self
 
 
+def resolve_targets(params: dict[str, Any], store: Any) -> dict[str, Any]:
+    """``params`` with ``targets`` and ``columns`` found by name in ``store`` 's topology (see module doc).
+
+    Unchanged when ``columns`` is given or the store has no topology. Raises ValueError naming the
+    store and what it offers when a daughter cannot be found.
+    """
+    if params.get("columns") is not None:
+        return params
+    p = AssignmentParams.model_validate(params)
+    topo = store.topology or {}
+    if not topo:
+        from hepfm.report import store_topology  # stores written without one: their generator's
+
+        topo = store_topology(store)
+    generated = topo.get("assignment") if isinstance(topo.get("assignment"), dict) else {}
+    slots = list(generated.get("slots", []))
+    slot_target = generated.get("target", "assignment")
+    per_resonance = topo.get("resonances") if isinstance(topo.get("resonances"), dict) else {}
+    if not slots and not per_resonance:
+        return params
+    targets, columns = {}, {}
+    for res, daughters in p.resonances.items():
+        for name in [res, *p.aliases.get(res, [])]:
+            own = per_resonance.get(name)
+            if isinstance(own, list) and f"assignment/{name}" in store.targets and set(daughters) <= set(own):
+                targets[res], columns[res] = f"assignment/{name}", [own.index(d) for d in daughters]
+                break
+            if slots and all(f"{name}_{d}" in slots for d in daughters) and slot_target in store.targets:
+                targets[res], columns[res] = slot_target, [slots.index(f"{name}_{d}") for d in daughters]
+                break
+        else:
+            offered = f"resonances {per_resonance}" if per_resonance else f"slots {slots} of target '{slot_target}'"
+            names = [res, *p.aliases.get(res, [])]
+            raise ValueError(
+                f"{store.path}: resonance '{res}' ({', '.join(names)}) with daughters {daughters} is not in the "
+                f"store's topology, which has {offered}; add an alias or give columns"
+            )
+    return {**params, "targets": targets, "columns": columns}
+
+
 class _ResonanceScorer(nn.Module):
-    """Scores of all k-tuples for one resonance: [B, N, ..., N] (k index dimensions)."""
+    """Scores of all k-tuples for one resonance: [B, M, ..., M] (k index dimensions)."""
 
     def __init__(self, dim: int, hidden: int, groups: list[int]) -> None:
         super().__init__()
@@ -82,9 +151,9 @@ class _ResonanceScorer(nn.Module):
         self.scale = 1.0 / math.sqrt(hidden)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        h = self.norm(h)  # [B, N, D]
+        h = self.norm(h)  # [B, M, D]
         k = len(self.groups)
-        unary = [self.unary[g](h).squeeze(-1) for g in self.groups]  # k x [B, N]
+        unary = [self.unary[g](h).squeeze(-1) for g in self.groups]  # k x [B, M]
         b, n = unary[0].shape
         score = torch.zeros((b,) + (n,) * k, device=h.device, dtype=h.dtype)
         for a in range(k):
@@ -92,7 +161,7 @@ class _ResonanceScorer(nn.Module):
             shape[a + 1] = n
             score = score + unary[a].reshape(shape)
         if self.proj is not None:
-            p = [self.proj[g](h) for g in self.groups]  # k x [B, N, hidden]
+            p = [self.proj[g](h) for g in self.groups]  # k x [B, M, hidden]
             for a, c in itertools.combinations(range(k), 2):
                 pair = torch.einsum("bid,bjd->bij", p[a], p[c]) * self.scale
                 if self.groups[a] == self.groups[c]:
@@ -104,21 +173,32 @@ class _ResonanceScorer(nn.Module):
 
 
 def _valid_tuples(mask: torch.Tensor, groups: list[int]) -> torch.Tensor:
-    """[B, N^k] bool: distinct real objects, symmetric daughters in ascending order."""
+    """[B, M^k] bool: distinct candidate objects, symmetric daughters in ascending order."""
     b, n = mask.shape
     k = len(groups)
     grids = torch.meshgrid(*[torch.arange(n, device=mask.device)] * k, indexing="ij")
-    ok = torch.ones((n,) * k, dtype=torch.bool, device=mask.device)
+    valid = torch.ones((1,) + (n,) * k, dtype=torch.bool, device=mask.device)
     for a, c in itertools.combinations(range(k), 2):
-        ok &= grids[a] != grids[c]
-        if groups[a] == groups[c]:
-            ok &= grids[a] < grids[c]
-    valid = ok.unsqueeze(0).expand((b,) + (n,) * k).clone()
+        valid = valid & (grids[a] != grids[c] if groups[a] != groups[c] else grids[a] < grids[c])
     for a in range(k):
         shape = [b] + [1] * k
         shape[a + 1] = n
-        valid &= mask.reshape(shape)
+        valid = valid & mask.reshape(shape)
     return valid.reshape(b, -1)
+
+
+def compact(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidate objects moved to the front: ``index`` [B, M] (input position, -1 padding) and its mask.
+
+    M is the largest number of candidates in the batch (at least 1; the padded N in an ONNX export).
+    """
+    if torch.onnx.is_in_onnx_export():  # a traced M would be one batch's constant: keep the padded N in place
+        place = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+        return torch.where(mask, place, torch.full_like(place, -1)), mask
+    m = max(int(mask.sum(1).max()), 1) if mask.shape[0] else 1
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :m]
+    cmask = mask.gather(1, order)
+    return torch.where(cmask, order, torch.full_like(order, -1)), cmask
 
 
 class AssignmentHead(nn.Module):
@@ -127,6 +207,11 @@ class AssignmentHead(nn.Module):
     name: ClassVar[str] = "assignment"
     description: ClassVar[str] = "SPANet-like symmetric tuple scores per resonance; conflict-free decoding"
     Params: ClassVar[type] = AssignmentParams
+
+    @classmethod
+    def bind(cls, params: dict, store) -> dict:
+        """Find each resonance's daughters in the store's topology (``resolve_targets``)."""
+        return resolve_targets(params, store)
 
     def __init__(self, params: AssignmentParams, dims: HeadDims) -> None:
         super().__init__()
@@ -143,37 +228,47 @@ class AssignmentHead(nn.Module):
         self.scorers = nn.ModuleDict(
             {res: _ResonanceScorer(dims.latent_dim, params.hidden, self.groups[res]) for res in self.names}
         )
-        cols, start = {}, 0
+        consecutive, start = {}, 0
         for res in self.names:
-            k = len(params.resonances[res])
-            cols[res] = params.columns[res] if params.columns else list(range(start, start + k))
-            start += k
-        self.columns = cols
-        self.n_columns = max(c for cs in cols.values() for c in cs) + 1
+            consecutive[res] = list(range(start, start + len(params.resonances[res])))
+            start += len(consecutive[res])
+        self.targets = params.targets or {res: params.target for res in self.names}
+        self.source_columns = params.columns or consecutive  # each resonance's daughters in its target
+        # where they go in the ``assignment`` output: the target's columns, or declaration order for several targets
+        self.columns = self.source_columns if len(set(self.targets.values())) == 1 else consecutive
+        self.n_columns = max(c for cs in self.columns.values() for c in cs) + 1
         self.lepton_index = None
         if params.candidates == "jets":
             if "is_lepton" not in dims.schema.object_names:
                 raise HepfmError("assignment candidates 'jets' needs an 'is_lepton' object feature in the schema")
             self.lepton_index = dims.schema.index("is_lepton")
 
+    def truth(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Each resonance's true object indices [B, k] (-1 unmatched), from its target and columns."""
+        return {res: batch.targets[self.targets[res]][:, self.source_columns[res]].long() for res in self.names}
+
     def forward(self, latents: Latents, batch: Batch) -> dict[str, torch.Tensor]:
-        out = {}
         mask = latents.mask  # [B, N] objects a daughter may be
         if self.lepton_index is not None:
             mask = mask & (batch.objects[..., self.lepton_index] < 0.5)
+        index, cmask = compact(mask)  # [B, M]
+        h = latents.objects.gather(1, index.clamp_min(0)[..., None].expand(-1, -1, latents.objects.shape[-1]))
+        out = {"index": index}
         for res in self.names:
-            score = self.scorers[res](latents.objects).reshape(latents.mask.shape[0], -1)  # [B, N^k]
-            valid = _valid_tuples(mask, self.groups[res])
-            score = score.masked_fill(~valid, float("-inf"))
-            out[f"logp/{res}"] = torch.log_softmax(score, dim=-1).masked_fill(~valid, float("-inf"))
+            score = self.scorers[res](h).reshape(h.shape[0], -1)  # [B, M^k]
+            valid = _valid_tuples(cmask, self.groups[res])
+            logp = torch.log_softmax(score.masked_fill(~valid, -1e9), dim=-1)  # finite: no nan in empty events
+            out[f"logp/{res}"] = logp.masked_fill(~valid, float("-inf"))
         return out
 
     # -- loss ---------------------------------------------------------------------------------
-    def _target_index(self, res_scores: str, res_target: str, target: torch.Tensor, n: int):
-        """Flat tuple index of ``res_target``'s true objects in ``res_scores``'s tuple space, and completeness."""
-        idx = target[:, self.columns[res_target]].long()  # [B, k]
-        complete = (idx >= 0).all(-1) & (idx < n).all(-1)
-        idx = idx.clamp(0, n - 1)
+    def _target_index(self, res_scores: str, idx: torch.Tensor, position: torch.Tensor, m: int):
+        """Flat tuple index of true objects ``idx`` [B, k] in ``res_scores``'s tuple space, and completeness."""
+        n = position.shape[1]
+        inside = (idx >= 0) & (idx < n)
+        idx = torch.where(inside, position.gather(1, idx.clamp(0, n - 1)), torch.full_like(idx, -1))
+        complete = (idx >= 0).all(-1)
+        idx = idx.clamp_min(0)
         groups = self.groups[res_scores]
         for g in set(groups):  # canonical order inside symmetric groups
             pos = [i for i, gg in enumerate(groups) if gg == g]
@@ -181,25 +276,30 @@ class AssignmentHead(nn.Module):
                 idx[:, pos] = idx[:, pos].sort(dim=-1).values
         flat = torch.zeros_like(idx[:, 0])
         for a in range(idx.shape[1]):
-            flat = flat * n + idx[:, a]
+            flat = flat * m + idx[:, a]
         return flat, complete
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        target = batch.targets[self.params.target]
+        truth = self.truth(batch)
+        index = outputs["index"]  # [B, M]
+        b, m = index.shape
         n = batch.mask.shape[1]
+        position = torch.full((b, n + 1), -1, dtype=torch.long, device=index.device)  # input -> compact position
+        position.scatter_(1, torch.where(index >= 0, index, n), torch.arange(m, device=index.device).expand(b, m))
+        position = position[:, :n]
         symmetric = [g for g in self.params.symmetric_resonances if len(g) > 1]
         grouped = {r for g in symmetric for r in g}
         units = [[r] for r in self.names if r not in grouped] + symmetric
-        total = torch.zeros((), device=target.device)
-        count = torch.zeros((), device=target.device)
+        total = torch.zeros((), device=index.device)
+        count = torch.zeros((), device=index.device)
         parts = {}
         for unit in units:
             best = None
             for perm in itertools.permutations(unit):
-                nll = torch.zeros(target.shape[0], device=target.device)
-                n_ok = torch.zeros(target.shape[0], device=target.device)
+                nll = torch.zeros(b, device=index.device)
+                n_ok = torch.zeros(b, device=index.device)
                 for res_s, res_t in zip(unit, perm, strict=True):
-                    flat, complete = self._target_index(res_s, res_t, target, n)
+                    flat, complete = self._target_index(res_s, truth[res_t], position, m)
                     logp = outputs[f"logp/{res_s}"].gather(1, flat[:, None]).squeeze(1)
                     ok = complete & torch.isfinite(logp)
                     nll = nll + torch.where(ok, -logp, torch.zeros_like(logp))
@@ -215,52 +315,19 @@ class AssignmentHead(nn.Module):
     # -- decoding -----------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Conflict-free assignment [B, columns] (object index, -1 unassigned) and each resonance's probability."""
-        logps = [outputs[f"logp/{res}"] for res in self.names]
-        b, device = logps[0].shape[0], logps[0].device
-        n = round(logps[0].shape[1] ** (1 / len(self.groups[self.names[0]])))
-        r = len(self.names)
-        m = max(1, int(self.params.search_budget ** (1 / r)))
-        tops = []
-        for res, lp in zip(self.names, logps, strict=True):
-            k = len(self.groups[res])
-            val, flat = lp.topk(min(m, lp.shape[1]), dim=-1)  # [B, M]
-            digits = []
-            for _ in range(k):
-                digits.append(flat % n)
-                flat = flat // n
-            tops.append((val, torch.stack(digits[::-1], dim=-1)))  # [B, M], [B, M, k]
-        combos = torch.tensor(list(itertools.product(*[range(t[0].shape[1]) for t in tops])), device=device)  # [C, R]
-        score = torch.zeros(b, combos.shape[0], device=device)
-        objs = []
-        for i, (val, tup) in enumerate(tops):
-            score = score + val[:, combos[:, i]]
-            objs.append(tup[:, combos[:, i]])  # [B, C, k]
-        objs_all = torch.cat(objs, dim=-1)  # [B, C, sum k]
-        clash = torch.zeros_like(score, dtype=torch.bool)
-        for a, c in itertools.combinations(range(objs_all.shape[-1]), 2):
-            clash |= objs_all[..., a] == objs_all[..., c]
-        score = score.masked_fill(clash, float("-inf"))
-        best = score.argmax(dim=-1)  # [B]
-        feasible = torch.isfinite(score.gather(1, best[:, None]).squeeze(1))
-        assignment = torch.full((b, self.n_columns), -1, dtype=torch.long, device=device)
-        prob = torch.zeros(b, r, device=device)
-        rows = torch.arange(b, device=device)
-        for i, res in enumerate(self.names):
-            choice = combos[best, i]
-            tup = tops[i][1][rows, choice]  # [B, k]
-            assignment[:, self.columns[res]] = torch.where(feasible[:, None], tup, torch.full_like(tup, -1))
-            prob[:, i] = torch.where(feasible, tops[i][0][rows, choice].exp(), torch.zeros_like(prob[:, i]))
-        for e in torch.nonzero(~feasible).flatten().tolist():  # too few objects: greedy, most confident first
-            used: set[int] = set()
-            order = sorted(range(r), key=lambda i: -float(tops[i][0][e, 0]))
-            for i in order:
-                res = self.names[i]
-                for j in range(tops[i][0].shape[1]):
-                    tup = tops[i][1][e, j].tolist()
-                    if torch.isfinite(tops[i][0][e, j]) and not used & set(tup):
-                        used |= set(tup)
-                        assignment[e, self.columns[res]] = torch.tensor(tup, device=device)
-                        prob[e, i] = tops[i][0][e, j].exp()
-                        break
-        return {"assignment": assignment, "probability": prob}
+        """Conflict-free assignment (object indices, -1 unassigned) and each resonance's probability.
+
+        ``assignment`` [B, columns] puts the daughters at their target columns (one target) or in
+        declaration order (several); ``objects/<resonance>`` [B, k] gives each resonance's own.
+        """
+        index = outputs["index"]
+        b, m = index.shape
+        ks = [len(self.groups[res]) for res in self.names]
+        tuples, values = decode([outputs[f"logp/{res}"] for res in self.names], ks, m, self.params.search_budget)
+        assignment = torch.full((b, self.n_columns), -1, dtype=torch.long, device=index.device)
+        result: dict[str, torch.Tensor] = {}
+        for res, tup in zip(self.names, tuples, strict=True):
+            objects = torch.where(tup >= 0, index.gather(1, tup.clamp_min(0)), torch.full_like(tup, -1))
+            assignment[:, self.columns[res]] = objects
+            result[f"objects/{res}"] = objects
+        return {"assignment": assignment, "probability": values.exp(), **result}

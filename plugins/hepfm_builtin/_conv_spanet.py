@@ -35,7 +35,7 @@ from hepfm._yaml import read_yaml
 from hepfm.components import Params
 from hepfm.convert import MappingError, ObjectGroup, SourceInfo, energy_from_mass, pack_objects, remap_indices, require
 
-from ._conv_common import ASSIGNMENT_PREFIX, assignment_target, make_topology, permutation_problem
+from ._conv_common import ASSIGNMENT_PREFIX, assignment_target, make_topology, permutation_problem, slot_resonances
 
 EXPORT_FORMAT = "hepfm-spanet-export/1"
 SEQUENCE, GLOBALS = "Source", "Globals"
@@ -584,7 +584,11 @@ class SpanetConverter:
 
     @staticmethod
     def _export_layout(store: EventStore) -> tuple[dict[str, list[str]], dict[str, tuple[str, ...]], dict]:
-        """(resonance -> daughters written as TARGETS, target -> HDF5 path parts, YAML sections)."""
+        """(resonance -> daughters written as TARGETS, target -> HDF5 path parts, YAML sections).
+
+        The sections also hold ``PERMUTATIONS`` and ``sources`` (resonance -> (target, columns)):
+        per-resonance ``assignment/R`` targets, or a generator's named slots (``slot_resonances``).
+        """
         topo = store.topology or {}
         raw = topo.get("resonances") if isinstance(topo, dict) else None
         resonances: dict[str, list[str]] = {}
@@ -598,6 +602,13 @@ class SpanetConverter:
                 and np.dtype(spec["dtype"]).kind in "iu"
             ):
                 resonances[r] = daughters
+        sources = {r: (assignment_target(r), list(range(len(d)))) for r, d in resonances.items()}
+        permutations = {k: v for k, v in (topo.get("permutations") or {}).items() if k == "EVENT" or k in resonances}
+        slots_target = (topo.get("assignment") or {}).get("target", "assignment") if isinstance(topo, dict) else None
+        if not resonances and slots_target in store.targets:  # a generator's named slots of one target
+            resonances, permutations = slot_resonances(topo, list(store.processes))
+            slots = topo["assignment"]["slots"]
+            sources = {r: (slots_target, [slots.index(f"{r}_{d}") for d in ds]) for r, ds in resonances.items()}
         where: dict[str, tuple[str, ...]] = {}
         regressions: dict[str, Any] = {}
         classifications: dict[str, Any] = {}
@@ -636,7 +647,8 @@ class SpanetConverter:
                 out[key] = value if key == "EVENT" else [{sub: names} for sub, names in value.items()]
             return out
 
-        return resonances, where, {"REGRESSIONS": as_yaml(regressions), "CLASSIFICATIONS": as_yaml(classifications)}
+        sections = {"REGRESSIONS": as_yaml(regressions), "CLASSIFICATIONS": as_yaml(classifications)}
+        return resonances, where, {**sections, "PERMUTATIONS": permutations, "sources": sources}
 
     def export(self, store: EventStore, out: Path, advance: Callable[[int], None]) -> list[Path]:
         """Write ``store`` as SPANet HDF5 at ``out`` and its event YAML beside it, chunk by chunk."""
@@ -645,6 +657,7 @@ class SpanetConverter:
         out = Path(out)
         yaml_path = self.export_companions(out)[0]
         resonances, where, sections = self._export_layout(store)
+        sources, permutations = sections.pop("sources"), sections.pop("PERMUTATIONS")
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".partial")
         tmp_yaml = yaml_path.with_name(yaml_path.name + ".partial")
@@ -683,7 +696,7 @@ class SpanetConverter:
                         sinks.append(
                             (
                                 create(f"TARGETS/{r}/{d}", (), np.int64),
-                                lambda x, r=r, k=k: x[f"targets/{assignment_target(r)}"][:, k],
+                                lambda x, r=r, k=k: x[f"targets/{sources[r][0]}"][:, sources[r][1][k]],
                             )
                         )
                 for name, parts in where.items():
@@ -712,11 +725,7 @@ class SpanetConverter:
                     "GLOBAL": {GLOBALS: {x.name: _NORMS[x.norm] for x in s.global_features}},
                 },
                 "EVENT": {r: list(d) for r, d in resonances.items()},
-                "PERMUTATIONS": {
-                    k: v
-                    for k, v in (store.topology.get("permutations") or {}).items()
-                    if k == "EVENT" or k in resonances
-                },
+                "PERMUTATIONS": permutations,
                 **{k: v for k, v in sections.items() if v},
             }
             header = f"# SPANet event file written by hepfm export from {store.path}\n"

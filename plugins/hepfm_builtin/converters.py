@@ -17,6 +17,6 @@ __all__ = ["DelphesConverter", "ParquetConverter", "SpanetConverter"]
 
 
 @hookimpl
-def hepfm_register_datasets() -> list[type]:
+def hepfm_register_converters() -> list[type]:
     """The built-in converters."""
     return [DelphesConverter, ParquetConverter, SpanetConverter]

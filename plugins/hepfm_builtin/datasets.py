@@ -9,7 +9,6 @@ generator.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -23,21 +22,23 @@ class ZarrDataset:
     """An event store written by ``hepfm generate`` or ``hepfm convert``."""
 
     name: ClassVar[str] = "zarr"
-    description: ClassVar[str] = "an existing hepfm Zarr event store (params: path)"
+    description: ClassVar[str] = "hepfm Zarr event stores (params: path: a store, URL, glob, shard folder or a list)"
     kind: ClassVar[str] = "store"
 
     class Params(Params):
-        path: str = Field(description="path of the *.zarr event store")
+        path: str | list[str] = Field(
+            description="a *.zarr event store, a URL, a glob, a folder of shard stores, or a list of them"
+        )
 
     def __init__(self, params: Params, schema: EventSchema | None = None) -> None:
         self.params = params
         self.schema = schema
 
     def open(self):
-        """Open the store (checks completeness and, when given, the schema)."""
-        from hepfm.store import EventStore
+        """Open the store or stores (checks completeness and, when given, the schema)."""
+        from hepfm.dataset import open_data
 
-        return EventStore.open(Path(self.params.path), schema=self.schema)
+        return open_data(self.params.path, schema=self.schema)
 
 
 # process -> (lepton multiplicity probabilities 0/1/2, mean extra jets, min jets, b fraction,
@@ -112,4 +113,10 @@ class SyntheticGenerator:
 @hookimpl
 def hepfm_register_datasets() -> list[type]:
     """Built-in datasets."""
-    return [ZarrDataset, SyntheticGenerator]
+    return [ZarrDataset]
+
+
+@hookimpl
+def hepfm_register_generators() -> list[type]:
+    """The toy generator."""
+    return [SyntheticGenerator]

@@ -8,16 +8,15 @@ Each metric reads one ``hepfm.components.Evaluation``; the physics is in ``hepfm
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from hepfm import _plots as hp
 from hepfm import hookimpl
 from hepfm import physics as ph
-from hepfm._plots import pyplot, save_figure
 from hepfm.components import Evaluation, Params
 
 COMPONENT_NAMES = ("px", "py", "pz", "E")
@@ -82,20 +81,25 @@ class RocAuc:
         error = rejection**2 * float(np.sqrt(eps_b * (1.0 - eps_b) / n_eff)) if eps_b > 0 else float("nan")
         return {"auc": float(auc), "rejection": rejection, "rejection_error": error}
 
-    def plot(self, ev: Evaluation, out: Path) -> list[Path]:
-        plt = pyplot()
+    @hp.styled
+    def figures(self, ev: Evaluation) -> dict:
+        """``roc``: background rejection against signal efficiency, with the working point."""
         is_signal, score, weights = self._scores(ev)
         fpr, tpr, _ = roc_curve(is_signal, score, sample_weight=weights)
         keep = fpr > 0
-        fig, ax = plt.subplots(figsize=(4.8, 3.8))
-        ax.plot(tpr[keep], 1.0 / fpr[keep], label=f"AUC {roc_auc_score(is_signal, score, sample_weight=weights):.3f}")
+        fig, ax = hp.new_figure()
+        auc = roc_auc_score(is_signal, score, sample_weight=weights)
+        ax.plot(tpr[keep], 1.0 / fpr[keep], label=f"model, AUC = {auc:.3f}")
         wp = self.params.signal_efficiency
-        ax.axvline(wp, ls=":", c="grey", label=f"eps_S = {wp:g}")
+        ax.axvline(wp, ls=":", c="grey", label=f"$\\varepsilon_S = {wp:g}$")
         ax.set_yscale("log")
-        ax.set_xlabel("signal efficiency")
-        ax.set_ylabel("background rejection 1/eps_B")
-        ax.legend(fontsize=8)
-        return [save_figure(fig, out / "roc.png", f"ROC: {int(is_signal.sum())} signal, {int((~is_signal).sum())} bkg")]
+        ax.set_ylim(bottom=1)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("signal efficiency $\\varepsilon_S$")
+        ax.set_ylabel("background rejection $1/\\varepsilon_B$")
+        hp.hep_label(ax, f"{int(is_signal.sum()):,} signal, {int((~is_signal).sum()):,} background events")
+        ax.legend(loc="upper right")
+        return {"roc": fig}
 
 
 class Accuracy:
@@ -133,6 +137,13 @@ class Pairing:
     With ``baseline: min_mlb`` the classical dilepton ttbar pairing (two highest b-score jets,
     smallest m(l+ b) + m(l- b)) is scored on the same events.
 
+    Without ``groups`` the resonances come from the assignment head itself, by name: its declared
+    resonances, the targets and columns it was bound to (the store's topology), its symmetric
+    daughters (a t -> b q q' is right when the b is the b and {q, q'} the W's pair) and its
+    symmetric resonances (``interchangeable``). Then ``eff_matchable`` is SPANet's *event purity*
+    (both tops right among events whose six daughters are all matched) and ``pair_purity`` its
+    *top purity*, each also per jet multiplicity (``..._nj7``).
+
     With ``per_process``, SPANet's and EveNet's *event purity* (every resonance right, over events
     whose daughters are all matched: ``eff_matchable``) is also given for each of ``processes``
     separately (``event_purity_NAME``, its binomial error and ``n_matchable_NAME``), e.g. per
@@ -153,8 +164,12 @@ class Pairing:
     class Params(Params):
         head: str | None = Field(None, description="assignment head key (default: the only one)")
         target: str = Field("assignment", description="true object index per column, -1 unmatched")
-        groups: list[list[int]] = Field(description="assignment columns of each resonance, e.g. [[0], [4]]")
-        interchangeable: bool = Field(False, description="resonances are indistinguishable (H -> a a)")
+        groups: list[list[int]] | None = Field(
+            None, description="assignment columns of each resonance, e.g. [[0], [4]] (default: the head's, by name)"
+        )
+        interchangeable: bool | None = Field(
+            None, description="resonances are indistinguishable (H -> a a); default: the head's symmetric resonances"
+        )
         processes: list[int | str] | None = Field(None, description="score only these processes (default: all)")
         multiplicity: list[int] = Field(
             [2, 3, 4, 5, 6], description="jet-multiplicity bins; the first is 'at most', the last 'at least'"
@@ -164,13 +179,13 @@ class Pairing:
 
         @model_validator(mode="after")
         def _check(self):
-            if not self.groups or any(not g for g in self.groups):
+            if self.groups is not None and (not self.groups or any(not g for g in self.groups)):
                 raise ValueError("groups: give the columns of at least one resonance")
             if self.multiplicity != sorted(set(self.multiplicity)):
                 raise ValueError("multiplicity: bins must be increasing")
             if self.per_process and not self.processes:
                 raise ValueError("per_process: name the processes to score one by one")
-            if self.baseline == "min_mlb" and [len(g) for g in self.groups] != [1, 1]:
+            if self.baseline == "min_mlb" and [len(g) for g in self.groups or [[0], [1]]] != [1, 1]:
                 raise ValueError("baseline min_mlb pairs two b jets: groups must be [[b of t], [b of tbar]]")
             return self
 
@@ -187,25 +202,55 @@ class Pairing:
         n_jet = ph.jet_multiplicity(ev.schema, ev.objects, ev.mask)
         return np.clip(np.searchsorted(self.params.multiplicity, n_jet), 0, len(self.params.multiplicity) - 1)
 
-    def _predictions(self, ev: Evaluation) -> dict[str, np.ndarray]:
-        _, out = ev.head(self.params.head, "assignment")
-        preds = {"": np.asarray(out["assignment"])}
+    def _layout(self, ev: Evaluation):
+        """(truth [E, C], predictions by prefix, groups, daughter groups or None, interchangeable)."""
+        key, out = ev.head(self.params.head, "assignment")
+        if self.params.groups is not None:
+            truth = np.asarray(ev.truth(self.params.target))
+            groups, daughter_groups = self.params.groups, None
+            interchangeable = bool(self.params.interchangeable)
+            preds = {"": np.asarray(out["assignment"])}
+        else:
+            hp = ev.heads[key]["params"]
+            names = list(hp["resonances"])
+            k = [len(hp["resonances"][r]) for r in names]
+            starts = np.cumsum([0, *k])
+            consecutive = {r: list(range(starts[i], starts[i + 1])) for i, r in enumerate(names)}
+            columns = hp.get("columns") or consecutive
+            targets = hp.get("targets") or {r: hp.get("target", "assignment") for r in names}
+            truth = np.concatenate([np.asarray(ev.truth(targets[r]))[:, columns[r]] for r in names], 1)
+            groups = [consecutive[r] for r in names]
+            daughter_groups = []
+            for r in names:
+                ids = list(range(len(hp["resonances"][r])))
+                for group in (hp.get("symmetric_daughters") or {}).get(r, []):
+                    for d in group:
+                        ids[hp["resonances"][r].index(d)] = hp["resonances"][r].index(group[0])
+                daughter_groups.append(ids)
+            interchangeable = self.params.interchangeable
+            if interchangeable is None:
+                interchangeable = any(len(g) > 1 for g in hp.get("symmetric_resonances") or [])
+            if any(f"objects/{r}" not in out for r in names):
+                raise ValueError(f"head '{key}' gives no per-resonance objects; retrain with this hepfm or give groups")
+            preds = {"": np.concatenate([np.asarray(out[f"objects/{r}"]) for r in names], 1)}
         if self.params.baseline == "min_mlb":
+            if [len(g) for g in groups] != [1, 1]:
+                raise ValueError("baseline min_mlb pairs two b jets: the head must assign one b per resonance")
             base = np.full_like(preds[""], -1)
             pair = ph.min_mlb_pairing(ev.schema, ev.objects, ev.mask)
-            base[:, self.params.groups[0][0]], base[:, self.params.groups[1][0]] = pair[:, 0], pair[:, 1]
+            base[:, groups[0][0]], base[:, groups[1][0]] = pair[:, 0], pair[:, 1]
             preds["baseline_"] = base
-        return preds
+        return truth, preds, groups, daughter_groups, interchangeable
 
     def _outcomes(self, ev: Evaluation):
-        truth = np.asarray(ev.truth(self.params.target))
-        width = max(c for g in self.params.groups for c in g) + 1
+        truth, preds, groups, daughter_groups, interchangeable = self._layout(ev)
+        width = max(c for g in groups for c in g) + 1
         if truth.ndim != 2 or truth.shape[1] < width:
             raise ValueError(f"target '{self.params.target}' has shape {truth.shape[1:]}; groups need {width} columns")
-        for prefix, pred in self._predictions(ev).items():
+        for prefix, pred in preds.items():
             if pred.shape[1] < width:
                 raise ValueError(f"the assignment head predicts {pred.shape[1]} columns; groups need {width}")
-            yield prefix, ph.pairing_outcome(pred, truth, self.params.groups, self.params.interchangeable)
+            yield prefix, ph.pairing_outcome(pred, truth, groups, interchangeable, daughter_groups)
 
     def compute(self, ev: Evaluation) -> dict[str, float]:
         sel = _process_selection(ev, self.params.processes)
@@ -222,6 +267,9 @@ class Pairing:
                 in_bin = sel & (bins == b)
                 out[f"{prefix}eff_matchable_nj{label}"] = ph.efficiency(correct, w, in_bin & matchable)
                 out[f"{prefix}eff_all_nj{label}"] = ph.efficiency(correct, w, in_bin)
+                true_in_bin = float(np.sum(w[in_bin] * complete[in_bin]))
+                found_in_bin = float(np.sum(w[in_bin] * right[in_bin]))
+                out[f"{prefix}pair_purity_nj{label}"] = found_in_bin / true_in_bin if true_in_bin else float("nan")
             if self.params.per_process:
                 truth = ev.truth("process")
                 for name, index in zip(self.params.processes, ev.process_indices(self.params.processes), strict=True):
@@ -237,29 +285,42 @@ class Pairing:
         return out
 
     def _matchable(self, ev: Evaluation) -> np.ndarray:
-        truth = np.asarray(ev.truth(self.params.target))
-        return np.stack([(truth[:, g] >= 0).all(1) for g in self.params.groups], 1).all(1)
+        truth, _, groups, _, _ = self._layout(ev)
+        return np.stack([(truth[:, g] >= 0).all(1) for g in groups], 1).all(1)
 
-    def plot(self, ev: Evaluation, out: Path) -> list[Path]:
-        plt = pyplot()
-        res = self.compute(ev)
+    @hp.styled
+    def figures(self, ev: Evaluation) -> dict:
+        """``pairing_efficiency``: efficiency by jet multiplicity with Clopper-Pearson 68% errors."""
         labels = self._labels()
         x = np.arange(len(labels))
         sel = _process_selection(ev, self.params.processes)
-        counts = np.bincount(self._bins(ev)[sel], minlength=len(labels))
-        fig, ax = plt.subplots(figsize=(5.2, 3.8))
-        styles = {"": ("model", "-"), "baseline_": ("min m(lb) baseline", "--")}
-        for prefix in [p for p in styles if f"{p}eff_all" in res]:
+        bins = self._bins(ev)
+        counts = np.bincount(bins[sel], minlength=len(labels))
+        matchable = self._matchable(ev)
+        w = ev.weights
+        fig, ax = hp.new_figure()
+        styles = {"": ("model", "-"), "baseline_": ("min $m_{\\ell b}$ baseline", "--")}
+        offsets = {("", "matchable"): -0.12, ("", "all"): -0.04, ("baseline_", "matchable"): 0.04}
+        for prefix, (_, correct, _, _) in self._outcomes(ev):
             name, ls = styles[prefix]
             for kind, marker in (("matchable", "o"), ("all", "s")):
-                y = [res[f"{prefix}eff_{kind}_nj{lab}"] for lab in labels]
-                ax.plot(x, y, ls=ls, marker=marker, label=f"{name}, {kind} ({res[f'{prefix}eff_{kind}']:.3f})")
-        ax.set_xticks(x, [f"{lab}\n({c})" for lab, c in zip(labels, counts, strict=True)])
+                passed, total = np.zeros(len(labels)), np.zeros(len(labels))
+                for b in range(len(labels)):
+                    of = sel & (bins == b) & (matchable if kind == "matchable" else True)
+                    n_eff = ph.effective_entries(w[of]) if of.any() else 0.0
+                    total[b] = n_eff
+                    passed[b] = ph.efficiency(correct, w, of) * n_eff if of.any() else 0.0
+                eff, lo, hi = hp.binomial_band(passed, total)
+                overall = ph.efficiency(correct, w, sel & matchable if kind == "matchable" else sel)
+                ax.errorbar(x + offsets.get((prefix, kind), 0.12), eff, yerr=[lo, hi], ls=ls, marker=marker,
+                            capsize=2, label=f"{name}, {kind} events ({overall:.3f})")  # fmt: skip
+        ax.set_xticks(x, [f"{lab}\n({c:,})" for lab, c in zip(labels, counts, strict=True)])
         ax.set_xlabel("jet multiplicity (events)")
         ax.set_ylabel("pairing efficiency")
-        ax.set_ylim(0, 1.05)
-        ax.legend(fontsize=7)
-        return [save_figure(fig, out / "pairing_efficiency.png", f"pairing efficiency: {int(sel.sum())} events")]
+        ax.set_ylim(0, 1.3)
+        hp.hep_label(ax, f"{int(sel.sum()):,} events")
+        ax.legend(loc="upper right", fontsize="x-small")
+        return {"pairing_efficiency": fig}
 
 
 # --------------------------------------------------------------------------------------------
@@ -300,6 +361,7 @@ class NeutrinoResiduals(_DileptonTtbar):
     name: ClassVar[str] = "neutrino_residuals"
     description: ClassVar[str] = "neutrino px, py, pz residuals and generated-vs-true W1, vs a W-mass estimate"
     headline: ClassVar[tuple[str, ...]] = ("resolution", "baseline_resolution", "w1")
+    units: ClassVar[dict[str, str]] = {"*resolution": "GeV", "*bias": "GeV", "*w1": "GeV"}
 
     class Params(Params):
         head: str | None = Field(None, description="invisible_diffusion head key (default: the only one)")
@@ -347,38 +409,50 @@ class NeutrinoResiduals(_DileptonTtbar):
             )
         return out
 
-    def plot(self, ev: Evaluation, out: Path) -> list[Path]:
-        plt = pyplot()
+    @hp.styled
+    def figures(self, ev: Evaluation) -> dict:
+        """``neutrino_residuals`` (generated - true) and ``neutrino_generated_vs_true``, per particle and component."""
+        import hist
+
         sel, truth, preds = self._data(ev)
         w = ev.weights[sel]
         names = self.params.names[: truth.shape[1]]
-        files = []
-        for stem, title in (
-            ("neutrino_residuals", "generated - true"),
-            ("neutrino_generated_vs_true", "distributions"),
-        ):
-            fig, axes = plt.subplots(len(names), 3, figsize=(10, 3 * len(names)), squeeze=False)
+        latex = {"nu": "\\nu", "nubar": "\\bar{\\nu}"}
+        figs = {}
+        for stem in ("neutrino_residuals", "neutrino_generated_vs_true"):
+            fig, axes = hp.new_figure(len(names), 3, size=(4.6, 3.8))
             for p, pname in enumerate(names):
                 for c in range(3):
                     ax = axes[p, c]
                     t = truth[sel, p, c]
-                    span = np.percentile(np.abs(t), 98)
+                    span = float(np.percentile(np.abs(t), 98)) or 1.0
+                    sym = f"$p_{COMPONENT_NAMES[c][1]}^{{{latex.get(pname, pname)}}}$"
                     if stem == "neutrino_residuals":
-                        bins = np.linspace(-1.5 * span, 1.5 * span, 61)
+                        axis = hist.axis.Regular(40, -1.5 * span, 1.5 * span)
                         for prefix, pred in preds.items():
-                            label = "baseline (W mass)" if prefix else "model"
-                            ax.hist(pred[sel, p, c] - t, bins, weights=w, histtype="step", label=label)
-                        ax.set_xlabel(f"{pname} {COMPONENT_NAMES[c]} residual [GeV]")
+                            r = pred[sel, p, c] - t
+                            q16, q84 = _weighted_quantiles(r, w, [0.16, 0.84])
+                            label = "W-mass baseline" if prefix else "model"
+                            hp.draw_hist(
+                                ax, hp.fill(axis, r, w), label=f"{label} ($\\sigma$ = {0.5 * (q84 - q16):.0f} GeV)"
+                            )
+                        ax.set_xlabel(f"{sym} generated $-$ true [GeV]")
                     else:
-                        bins = np.linspace(-span, span, 61)
-                        ax.hist(t, bins, weights=w, histtype="stepfilled", alpha=0.3, color="k", label="true")
+                        axis = hist.axis.Regular(40, -span, span)
+                        hp.draw_hist(ax, hp.fill(axis, t, w), label="true", color="k")
                         for prefix, pred in preds.items():
-                            label = "baseline (W mass)" if prefix else "generated"
-                            ax.hist(pred[sel, p, c], bins, weights=w, histtype="step", label=label)
-                        ax.set_xlabel(f"{pname} {COMPONENT_NAMES[c]} [GeV]")
-                    ax.legend(fontsize=7)
-            files.append(save_figure(fig, out / f"{stem}.png", f"neutrinos, {title}: {int(sel.sum())} events"))
-        return files
+                            hp.draw_hist(
+                                ax,
+                                hp.fill(axis, pred[sel, p, c], w),
+                                label="W-mass baseline" if prefix else "generated",
+                            )
+                        ax.set_xlabel(f"{sym} [GeV]")
+                    ax.set_ylabel("events / bin")
+                    ax.set_ylim(0, ax.get_ylim()[1] * 1.35)
+                    ax.legend(loc="upper right", fontsize="x-small")
+            hp.hep_label(axes[0, 0], f"{int(sel.sum()):,} events")
+            figs[stem] = fig
+        return figs
 
 
 # --------------------------------------------------------------------------------------------
@@ -406,6 +480,7 @@ class SpinCorrelation(_DileptonTtbar):
         "top_mass_resolution",
         "baseline_top_mass_resolution",
     )
+    units: ClassVar[dict[str, str]] = {"top_mass*": "GeV"}
 
     class Params(Params):
         assignment_head: str | None = Field(None, description="assignment head key (default: the only one)")
@@ -477,47 +552,67 @@ class SpinCorrelation(_DileptonTtbar):
             out[f"{prefix}top_mass_resolution"] = float(0.5 * (q84 - q16))
         return out
 
-    def plot(self, ev: Evaluation, out: Path) -> list[Path]:
-        plt = pyplot()
+    @hp.styled
+    def figures(self, ev: Evaluation) -> dict:
+        """``top_mass``, ``cos_phi`` (as generated and with D* injected; D with its error) and ``cos_phi_response``."""
+        import hist
+
         truth_ok, cos_truth, injected, reco = self._data(ev)
         w = ev.weights
-        names = {"": "model", "baseline_": "m(lb) + W-mass baseline"}
-        files = []
-        fig, ax = plt.subplots(figsize=(5.2, 3.8))
-        bins = np.linspace(0, 400, 81)
+        names = {"": "model", "baseline_": "$m_{\\ell b}$ + W-mass baseline"}
+        figs = {}
+        fig, ax = hp.new_figure()
+        axis = hist.axis.Regular(60, 0, 400)
         for prefix, (_, _, m_top, m_ok) in reco.items():
-            ax.hist(m_top[m_ok], bins, weights=np.concatenate([w, w])[m_ok], histtype="step", label=names[prefix])
-        ax.axvline(172.5, ls=":", c="grey", label="m_t = 172.5 GeV")
-        ax.set_xlabel("reconstructed m(b l nu) [GeV]")
-        ax.set_ylabel("top candidates")
-        ax.legend(fontsize=7)
-        files.append(save_figure(fig, out / "top_mass.png", "reconstructed top mass"))
+            hp.draw_hist(ax, hp.fill(axis, m_top[m_ok], np.concatenate([w, w])[m_ok]), label=names[prefix])
+        ax.axvline(172.5, ls=":", c="grey", label="$m_t$ = 172.5 GeV")
+        ax.set_xlabel("reconstructed $m(b\\ell\\nu)$ [GeV]")
+        ax.set_ylabel(f"top candidates / {400 / 60:.1f} GeV")
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.3)
+        hp.hep_label(ax, f"{int(truth_ok.sum()):,} events")
+        ax.legend(loc="upper right")
+        figs["top_mass"] = fig
 
         d_star = self.params.inject_d
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-        bins = np.linspace(-1, 1, 21)
-        for ax, weights, tag in ((axes[0], w, "as generated"), (axes[1], injected, f"reweighted to D* = {d_star:g}")):
-            d_t, _ = ph.spin_correlation_d(cos_truth[truth_ok], weights[truth_ok])
-            ax.hist(cos_truth[truth_ok], bins, weights=weights[truth_ok], density=True, histtype="stepfilled",
-                    alpha=0.3, color="k", label=f"truth (D = {d_t:.3f})")  # fmt: skip
+        fig, axes = hp.new_figure(1, 2)
+        axis = hist.axis.Regular(10, -1, 1)
+        for ax, weights, tag in (
+            (axes[0, 0], w, "as generated"),
+            (axes[0, 1], injected, f"reweighted to $D^*$ = {d_star:g}"),
+        ):
+            d_t, e_t = ph.spin_correlation_d(cos_truth[truth_ok], weights[truth_ok])
+            hp.draw_hist(ax, hp.fill(axis, cos_truth[truth_ok], weights[truth_ok]), fraction=True, color="k",
+                         label=f"truth, $D$ = {d_t:.3f} $\\pm$ {e_t:.3f}")  # fmt: skip
             for prefix, (ok, cos, _, _) in reco.items():
-                d_r, _ = ph.spin_correlation_d(cos[ok], weights[ok])
-                ax.hist(cos[ok], bins, weights=weights[ok], density=True, histtype="step",
-                        label=f"{names[prefix]} (D = {d_r:.3f})")  # fmt: skip
-            ax.set_xlabel("cos phi (l+ in t frame, l- in tbar frame)")
-            ax.set_ylabel("normalised")
-            ax.set_title(tag, fontsize=8)
-            ax.legend(fontsize=7)
-        files.append(save_figure(fig, out / "cos_phi.png", "ttbar spin correlation"))
+                d_r, e_r = ph.spin_correlation_d(cos[ok], weights[ok])
+                hp.draw_hist(ax, hp.fill(axis, cos[ok], weights[ok]), fraction=True,
+                             label=f"{names[prefix]}, $D$ = {d_r:.3f} $\\pm$ {e_r:.3f}")  # fmt: skip
+            ax.set_xlabel("$\\cos\\varphi$ ($\\ell^+$ in $t$ frame, $\\ell^-$ in $\\bar{t}$ frame)")
+            ax.set_ylabel("fraction of events / bin")
+            ax.set_ylim(0, ax.get_ylim()[1] * 1.6)
+            hp.hep_label(ax, tag)
+            ax.legend(loc="upper right", fontsize="x-small")
+        figs["cos_phi"] = fig
 
-        fig, axes = plt.subplots(1, len(reco), figsize=(4.4 * len(reco), 3.8), squeeze=False)
+        fig, axes = hp.new_figure(1, len(reco), size=(5.6, 4.8))
+        axes = np.atleast_2d(axes)
+        edges = np.linspace(-1, 1, 11)
         for ax, (prefix, (ok, cos, _, _)) in zip(axes[0], reco.items(), strict=True):
-            ax.hist2d(cos_truth[ok], cos[ok], bins=20, range=[[-1, 1], [-1, 1]], weights=w[ok], cmap="Blues")
-            ax.set_xlabel("cos phi, truth")
-            ax.set_ylabel("cos phi, reconstructed")
-            ax.set_title(names[prefix], fontsize=8)
-        files.append(save_figure(fig, out / "cos_phi_response.png", "cos phi response"))
-        return files
+            h = hist.Hist(hist.axis.Regular(10, -1, 1), hist.axis.Regular(10, -1, 1), storage=hist.storage.Weight())
+            h.fill(cos_truth[ok], cos[ok], weight=w[ok])
+            counts = h.values()
+            # each truth bin normalised: the probability of each reconstructed bin given the true one
+            column = counts.sum(1, keepdims=True)
+            prob = np.divide(counts, column, out=np.zeros_like(counts), where=column > 0)
+            mesh = ax.pcolormesh(edges, edges, prob.T, cmap="Blues", vmin=0)
+            fig.colorbar(mesh, ax=ax, label="P(reconstructed bin | true bin)")
+            ax.plot([-1, 1], [-1, 1], ls="--", c="grey", lw=1)
+            r = np.corrcoef(cos[ok], cos_truth[ok])[0, 1] if ok.sum() > 2 else float("nan")
+            ax.set_xlabel("$\\cos\\varphi$, truth")
+            ax.set_ylabel("$\\cos\\varphi$, reconstructed")
+            ax.set_title(f"{names[prefix]} ({int(ok.sum()):,} events, $\\rho$ = {r:.2f})", fontsize="small")
+        figs["cos_phi_response"] = fig
+        return figs
 
 
 @hookimpl

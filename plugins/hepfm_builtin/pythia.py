@@ -233,6 +233,6 @@ class PythiaGenerator:
 
 
 @hookimpl
-def hepfm_register_datasets() -> list[type]:
+def hepfm_register_generators() -> list[type]:
     """The Pythia 8 generator."""
     return [PythiaGenerator]

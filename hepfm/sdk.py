@@ -1,0 +1,65 @@
+"""What a plugin may use: the one public module plugin code imports from (besides ``hepfm`` itself).
+
+Everything here is stable API for plugin authors; private modules (``hepfm._name``) are not, and no
+built-in plugin imports them. The contracts each kind of component must meet are
+``hepfm.components.CONTRACTS`` and docs/plugins.md.
+
+- Registration: ``hookimpl``.
+- Component building blocks: ``Params``, ``Latents``, ``HeadDims``, ``Evaluation``, ``Batch``,
+  ``EventBlock``, ``EventSchema``, ``compute_globals``.
+- Errors: ``HepfmError`` (one line, no traceback, on the command line), ``MappingError`` (a
+  converter parameter that cannot work: the driver names the mapping file, line and key).
+- Converter toolkit: ``ObjectGroup``, ``SourceInfo``, ``pack_objects``, ``jagged_to_padded``,
+  ``energy_from_mass``, ``remap_indices``, ``require``.
+- Model pieces for heads: ``MLP``; diffusion (``alpha_sigma``, ``noise``, ``predict_x0_eps``,
+  ``ddim_sample``, ``time_embedding``).
+- Physics: the ``physics`` module (four-vectors, masses, boosts, the spin-correlation angles).
+"""
+
+from __future__ import annotations
+
+from . import physics
+from ._errors import HepfmError
+from .components import Evaluation, HeadDims, Latents, Params
+from .convert import (
+    MappingError,
+    ObjectGroup,
+    SourceInfo,
+    energy_from_mass,
+    jagged_to_padded,
+    pack_objects,
+    remap_indices,
+    require,
+)
+from .hookspecs import hookimpl
+from .model.backbone import MLP
+from .model.diffusion import alpha_sigma, ddim_sample, noise, predict_x0_eps, time_embedding
+from .schema import Batch, EventBlock, EventSchema, compute_globals
+
+__all__ = [
+    "hookimpl",
+    "Params",
+    "Latents",
+    "HeadDims",
+    "Evaluation",
+    "Batch",
+    "EventBlock",
+    "EventSchema",
+    "compute_globals",
+    "HepfmError",
+    "MappingError",
+    "ObjectGroup",
+    "SourceInfo",
+    "pack_objects",
+    "jagged_to_padded",
+    "energy_from_mass",
+    "remap_indices",
+    "require",
+    "MLP",
+    "alpha_sigma",
+    "noise",
+    "predict_x0_eps",
+    "ddim_sample",
+    "time_embedding",
+    "physics",
+]
