@@ -261,7 +261,11 @@ class StoreWriter:
     # -- opening ------------------------------------------------------------------------------
     def _create(self, provenance: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        g = zarr.open_group(self.path, mode="w-")
+        # created under a temporary name and renamed whole: a kill never leaves a store without its attributes
+        tmp = self.path.with_name(f".{self.path.name}.creating")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        g = zarr.open_group(tmp, mode="w-")
         n_obj, n_f, n_g = self.schema.max_objects, self.schema.n_object_features, self.schema.n_global_features
         layout = {
             "objects": ((n_obj, n_f), "float32"),
@@ -295,7 +299,8 @@ class StoreWriter:
                 "accumulators": {"objects": self._obj_moments.state(), "globals": self._glob_moments.state()},
             }
         )
-        self._group = g
+        os.replace(tmp, self.path)
+        self._group = zarr.open_group(self.path, mode="r+")
 
     @staticmethod
     def preflight(path: str | os.PathLike, overwrite: bool = False) -> str:
