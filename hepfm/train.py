@@ -446,6 +446,8 @@ def train(
     The run folder is locked while training: a second ``train`` into it is refused in one line.
     """
     out = Path(out)
+    if not 0.0 < fraction <= 1.0:
+        raise HepfmError(f"--fraction {fraction}: must be in (0, 1] (a share of the training split)")
     prepare_output(out, "run", resume=True)
     if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only rank 0 writes (and locks) the run folder
         return _train(task, out, resume, fraction, wandb_mode)
