@@ -10,6 +10,9 @@ from typing import Any
 
 def write_atomic(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
+    from ._outputs import check_parents
+
+    check_parents(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)

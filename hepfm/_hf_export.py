@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ._errors import HepfmError
+from ._yaml import read_yaml
 from .checkpoint import build_model, checkpoint_weights, find_checkpoint, load_checkpoint
 
 __all__ = ["MODEL_FORMAT", "export_model_folder", "is_model_folder", "load_pretrained", "load_model"]
@@ -151,7 +152,8 @@ def model_card(run: Path, config: dict[str, Any], n_params: int) -> str:
     model = config["model"]
     task = {}
     if (run / "task.yaml").is_file():
-        task = yaml.safe_load((run / "task.yaml").read_text()) or {}
+        data, _ = read_yaml(run / "task.yaml", "task file")
+        task = data if isinstance(data, dict) else {}
     summary = _read_json(run / "train_summary.json")
     evaluation = _read_json(run / "eval" / "metrics.json")
     data = (task.get("dataset") or {}).get("params", {}).get("path")

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ._errors import HepfmError
+from ._errors import HepfmError, describe_validation_error
+from ._outputs import as_os_error
 from .schema import EventSchema, FeatureStats
 
 __all__ = [
@@ -28,6 +30,9 @@ __all__ = [
     "find_checkpoint",
     "checkpoint_weights",
     "build_model",
+    "check_config",
+    "check_finite",
+    "check_weights",
     "load_model",
 ]
 
@@ -85,6 +90,11 @@ def save_checkpoint(
         save_file(tensors, tmp, metadata=meta)
         os.chmod(tmp, 0o644)  # readable by the group, like any other file of the run
         os.replace(tmp, path)
+    except SafetensorError as exc:  # a full or read-only disk: the OSError the CLI reports in one line
+        os_error = as_os_error(exc, path)
+        if os_error is None:
+            raise
+        raise os_error from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -106,17 +116,87 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise HepfmError(f"{path}: not a readable safetensors checkpoint ({exc})") from None
     if meta.get("format") != FORMAT:
         raise HepfmError(f"{path}: metadata 'format' is {meta.get('format')!r}, this hepfm reads {FORMAT!r}")
-    out: dict[str, Any] = {"config": json.loads(meta["config"]), "tensors": tensors}
+    config = _meta_json(path, meta, "config", required=True)
+    check_config(config, str(path))
+    out: dict[str, Any] = {"config": config, "tensors": tensors}
     for prefix in ("model", "ema"):
         out[prefix] = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + "/")}
-    out["optimizer"] = _unflatten_optimizer(tensors, json.loads(meta["optimizer"])) if "optimizer" in meta else None
-    out["trainer"] = json.loads(meta["trainer"]) if "trainer" in meta else None
+    if not out["model"]:
+        raise HepfmError(f"{path}: holds no model tensors (no 'model/...' entries)")
+    optimizer = _meta_json(path, meta, "optimizer")
+    try:
+        out["optimizer"] = _unflatten_optimizer(tensors, optimizer) if optimizer is not None else None
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise HepfmError(f"{path}: metadata 'optimizer' does not match its tensors ({type(exc).__name__})") from None
+    out["trainer"] = _meta_json(path, meta, "trainer")
     return out
+
+
+def _meta_json(path: Path, meta: dict[str, str], key: str, required: bool = False) -> dict[str, Any] | None:
+    """A JSON mapping stored in the safetensors metadata under ``key`` (``None`` if absent and optional)."""
+    if key not in meta:
+        if required:
+            raise HepfmError(f"{path}: metadata '{key}' missing (not a hepfm training checkpoint?)")
+        return None
+    try:
+        value = json.loads(meta[key])
+    except json.JSONDecodeError as exc:
+        raise HepfmError(f"{path}: metadata '{key}' is not JSON ({exc.msg} at character {exc.pos})") from None
+    if not isinstance(value, dict):
+        raise HepfmError(f"{path}: metadata '{key}' is a JSON {type(value).__name__}, expected a mapping")
+    return value
+
+
+def check_config(config: dict[str, Any], where: str = "checkpoint") -> None:
+    """Refuse a checkpoint config that cannot rebuild a model, in one line naming the key.
+
+    Checks the schema, statistics (present, finite, every feature), backbone sizes (within
+    ``hepfm._limits``), and every head (a mapping with a registered name and valid params).
+    """
+    from . import plugins
+    from ._limits import MAX_DEPTH, MAX_WIDTH
+    from ._store_check import check_stats
+    from .model import BackboneConfig
+
+    for key, kind in (("schema", dict), ("stats", dict), ("backbone", dict), ("heads", dict)):
+        if not isinstance(config.get(key), kind):
+            raise HepfmError(f"{where}: config '{key}' missing or not a mapping")
+    try:
+        schema = EventSchema.model_validate(config["schema"])
+    except ValidationError as exc:
+        raise HepfmError(f"{where}: config 'schema' is invalid: {describe_validation_error(exc)}") from None
+    check_stats(where, config["stats"], schema, what="config")
+    backbone = config["backbone"]
+    fields = set(BackboneConfig.__dataclass_fields__)
+    unknown = sorted(set(backbone) - fields)
+    if unknown:
+        raise HepfmError(f"{where}: config 'backbone' has unknown keys {unknown} (another hepfm version?)")
+    limits = {"dim": MAX_WIDTH, "depth": MAX_DEPTH, "num_heads": 256, "k_neighbours": 512, "mlp_ratio": 64}
+    limits.update({"pair_dim": MAX_WIDTH, "encoder_depth": MAX_DEPTH})
+    for key, value in backbone.items():
+        if key in limits and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limits[key]):
+            raise HepfmError(f"{where}: config 'backbone.{key}' is {value!r}, expected an integer 1..{limits[key]}")
+        if key in ("feature_dropout", "dropout") and not (isinstance(value, (int, float)) and 0 <= value < 1):
+            raise HepfmError(f"{where}: config 'backbone.{key}' is {value!r}, expected a number in [0, 1)")
+    if "dim" in backbone and "num_heads" in backbone and backbone["dim"] % backbone["num_heads"]:
+        raise HepfmError(f"{where}: config 'backbone.dim' {backbone['dim']} is not a multiple of num_heads")
+    for key, spec in config["heads"].items():
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise HepfmError(f"{where}: config 'heads.{key}' must be a mapping with a 'name'")
+        registry = plugins.heads()
+        if spec["name"] not in registry:
+            raise HepfmError(f"{where}: config 'heads.{key}.name': {registry.unknown_message(spec['name'])}")
+        try:
+            registry.get(spec["name"]).Params.model_validate(spec.get("params") or {})
+        except ValidationError as exc:
+            raise HepfmError(f"{where}: config 'heads.{key}.params': {describe_validation_error(exc)}") from None
 
 
 def find_checkpoint(run: str | os.PathLike, which: str = "best") -> Path:
     """The checkpoint file of a run folder (``best`` falls back to ``last``), or the file itself."""
     run = Path(run)
+    if which not in ("best", "last"):
+        raise HepfmError(f"--which '{which}': expected best or last")
     if run.is_file():
         return run
     for name in (which, "last"):
@@ -126,22 +206,53 @@ def find_checkpoint(run: str | os.PathLike, which: str = "best") -> Path:
     raise HepfmError(f"{run}: no checkpoint found (expected checkpoints/{which}.safetensors)")
 
 
-def build_model(config: dict[str, Any]):
-    """An ``EventModel`` from a checkpoint config (schema, stats, backbone sizes, heads)."""
+def build_model(config: dict[str, Any], where: str = "checkpoint", device: str = "cpu"):
+    """An ``EventModel`` from a checkpoint config (schema, stats, backbone sizes, heads).
+
+    ``device="meta"`` builds it without allocating memory (to compare sizes before loading).
+    """
     from . import plugins
     from .model import BackboneConfig, EventModel
 
-    try:
-        schema = EventSchema.model_validate(config["schema"])
-        stats = {part: {k: FeatureStats.model_validate(v) for k, v in s.items()} for part, s in config["stats"].items()}
-        backbone = BackboneConfig(**config["backbone"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise HepfmError(f"checkpoint config is invalid or of another version ({type(exc).__name__}: {exc})") from None
+    check_config(config, where)
+    schema = EventSchema.model_validate(config["schema"])
+    stats = {part: {k: FeatureStats.model_validate(v) for k, v in s.items()} for part, s in config["stats"].items()}
+    backbone = BackboneConfig(**config["backbone"])
     heads = {}
     for key, spec in config["heads"].items():
         cls = plugins.heads().get(spec["name"])
-        heads[key] = (cls, cls.Params.model_validate(spec["params"]), spec.get("weight", 1.0))
-    return EventModel(schema, stats, backbone, heads)
+        heads[key] = (cls, cls.Params.model_validate(spec.get("params") or {}), spec.get("weight", 1.0))
+    try:
+        with torch.device(device):
+            return EventModel(schema, stats, backbone, heads)
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise HepfmError(f"{where}: config cannot build a model ({type(exc).__name__}: {exc})") from None
+
+
+def check_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse weights that do not fit ``model`` (names, shapes) or hold NaN or inf, naming the tensor."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise HepfmError(
+            f"{where}: weights do not fit the model of its own config "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(own[key].shape):
+            raise HepfmError(
+                f"{where}: tensor '{key}' has shape {tuple(value.shape)}, its config builds {tuple(own[key].shape)} "
+                "(config and tensors disagree)"
+            )
+    check_finite(state, where)
+
+
+def check_finite(state: dict[str, torch.Tensor], where: str, prefix: str = "") -> None:
+    """Refuse a state dict with NaN or inf in a floating-point tensor, naming the first one."""
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise HepfmError(f"{where}: tensor '{prefix}{key}' holds NaN or inf (a diverged or damaged checkpoint)")
 
 
 def checkpoint_weights(ckpt: dict[str, Any], weights: str | None = None, where: str = "checkpoint"):
@@ -179,18 +290,14 @@ def load_model(
     """
     path = find_checkpoint(run, which)
     ckpt = load_checkpoint(path)
-    model = build_model(ckpt["config"])
+    state, chosen = checkpoint_weights(ckpt, weights, str(path))
+    check_weights(build_model(ckpt["config"], str(path), device="meta"), state, str(path))
+    model = build_model(ckpt["config"], str(path))
     if schema is not None:
         diff = model.schema.differences(schema)
         if diff:
             raise HepfmError(f"{path}: checkpoint 'schema' does not match the data: {'; '.join(diff)}")
-    state, chosen = checkpoint_weights(ckpt, weights, str(path))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise HepfmError(
-            f"{path}: weights do not fit the model in its own config "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
+    model.load_state_dict(state)
     model.checkpoint_config = ckpt["config"]  # what it was rebuilt from (heads, processes, topology)
     model.weights = chosen
     model.eval()

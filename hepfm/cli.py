@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 from pathlib import Path
@@ -14,6 +15,8 @@ from rich.table import Table
 from . import __version__, plugins
 from ._errors import HepfmError
 from ._files import write_json
+from ._limits import MAX_BATCH, MAX_CHUNK, MAX_EPOCHS, MAX_EVENTS, MAX_SEED, MAX_SEEDS, MAX_WORKERS
+from ._outputs import FS_REFUSALS, os_error_line, prepare_output
 from ._progress import console, err_console
 
 app = typer.Typer(
@@ -23,6 +26,37 @@ app = typer.Typer(
     add_completion=True,
     pretty_exceptions_enable=False,
 )
+
+
+class SplitName(enum.StrEnum):
+    """Splits a command can read."""
+
+    train = "train"
+    val = "val"
+    test = "test"
+    all = "all"
+
+
+class Which(enum.StrEnum):
+    """Checkpoints of a run folder."""
+
+    best = "best"
+    last = "last"
+
+
+class Executor(enum.StrEnum):
+    """Where sharded generation and conversion run."""
+
+    dask = "dask"
+    local = "local"
+
+
+class WeightsName(enum.StrEnum):
+    """Weights of a checkpoint."""
+
+    ema = "ema"
+    raw = "raw"
+
 
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a task key, e.g. train.max_steps=30")]
 
@@ -37,6 +71,12 @@ def _command(fn):
         except HepfmError as exc:
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:  # the file system said no: one line naming the path, never a traceback
+            if exc.errno not in FS_REFUSALS:
+                raise
+            line = os_error_line(exc, kwargs.get("out"))
+            err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
 
     return wrapper
 
@@ -54,7 +94,7 @@ def command(*args, **kwargs):
 # data
 # --------------------------------------------------------------------------------------------
 ExecutorOpt = Annotated[
-    str | None,
+    Executor | None,
     typer.Option(help="write a folder of shards: 'dask' (a Dask cluster) or 'local' (one shard at a time here)"),
 ]
 SchedulerOpt = Annotated[
@@ -68,15 +108,15 @@ def generate(
         list[str] | None, typer.Argument(help="PROCESS[=FRACTION]..., e.g. toy_signal=0.3 toy_background")
     ] = None,
     list_processes: Annotated[bool, typer.Option("--list", help="list every generator's processes and exit")] = False,
-    events: Annotated[int, typer.Option("--events", "-n", help="number of events")] = 10_000,
+    events: Annotated[int, typer.Option("--events", "-n", help="number of events", min=1, max=MAX_EVENTS)] = 10_000,
     out: Annotated[Path, typer.Option("--out", "-o", help="event store to write (*.zarr)")] = Path("data/events.zarr"),
-    seed: Annotated[int, typer.Option(help="master seed; same seed, same bytes")] = 0,
-    workers: Annotated[int, typer.Option(help="worker processes")] = 1,
+    seed: Annotated[int, typer.Option(help="master seed; same seed, same bytes", min=0, max=MAX_SEED)] = 0,
+    workers: Annotated[int, typer.Option(help="worker processes", min=1, max=MAX_WORKERS)] = 1,
     generator: Annotated[
         str | None, typer.Option(help="generator plugin (default: the one that knows the processes)")
     ] = None,
     param: Annotated[list[str] | None, typer.Option("--param", help="generator parameter key=value")] = None,
-    chunk_events: Annotated[int, typer.Option(help="events per chunk")] = 4096,
+    chunk_events: Annotated[int, typer.Option(help="events per chunk", min=1, max=MAX_CHUNK)] = 4096,
     overwrite: Annotated[bool, typer.Option(help="replace an existing store")] = False,
     fast: Annotated[
         bool, typer.Option("--fast", help="multi-parton interactions off (generators with a `fast` parameter)")
@@ -84,7 +124,7 @@ def generate(
     executor: ExecutorOpt = None,
     scheduler: SchedulerOpt = None,
     shard_events: Annotated[
-        int | None, typer.Option(help="events per shard with --executor (default 16 chunks)")
+        int | None, typer.Option(help="events per shard with --executor (default 16 chunks)", min=1, max=MAX_EVENTS)
     ] = None,
 ) -> None:
     """Generate events into a Zarr event store (resumes an interrupted run with the same arguments).
@@ -124,11 +164,11 @@ def generate(
         overwrite=overwrite,
         sharded=executor is not None,
     )
-    err_console.print(plan.describe() + (f" (shards, executor {executor})" if executor else ""), highlight=False)
+    err_console.print(plan.describe() + (f" (shards, executor {executor.value})" if executor else ""), highlight=False)
     if executor is not None:
         from .shards import generate_sharded
 
-        r = generate_sharded(plan, executor, scheduler, shard_events)
+        r = generate_sharded(plan, str(executor), scheduler, shard_events)
         console.print(f"wrote {r.n_events} events in {len(r.shards)} shards to {r.out}", highlight=False)
         return
     store = run_generation(plan)
@@ -146,11 +186,11 @@ def convert(
     process: Annotated[
         list[str] | None, typer.Option("--process", help="process name of each input, in order (repeat per input)")
     ] = None,
-    chunk_events: Annotated[int, typer.Option(help="events per chunk")] = 4096,
+    chunk_events: Annotated[int, typer.Option(help="events per chunk", min=1, max=MAX_CHUNK)] = 4096,
     overwrite: Annotated[bool, typer.Option(help="replace an existing store")] = False,
     executor: ExecutorOpt = None,
     scheduler: SchedulerOpt = None,
-    workers: Annotated[int, typer.Option(help="local Dask workers with --executor dask")] = 2,
+    workers: Annotated[int, typer.Option(help="local Dask workers with --executor dask", min=1, max=MAX_WORKERS)] = 2,
 ) -> None:
     """Convert foreign files (Delphes ROOT, Parquet, SPANet HDF5) into an event store (resumable).
 
@@ -173,7 +213,7 @@ def convert(
     if executor is not None:
         from .shards import convert_sharded
 
-        r = convert_sharded(plan, executor, scheduler, workers)
+        r = convert_sharded(plan, str(executor), scheduler, workers)
         console.print(f"wrote {r.n_events} events in {len(r.shards)} shards to {r.out}", highlight=False)
         return
     result = run_conversion(plan)
@@ -225,7 +265,9 @@ def export(
 def merge(
     stores: Annotated[list[str], typer.Argument(help="stores, globs or shard folders, merged in order")],
     out: Annotated[Path, typer.Option("--out", "-o", help="event store to write (*.zarr)")],
-    chunk_events: Annotated[int | None, typer.Option(help="events per chunk (default: the first store's)")] = None,
+    chunk_events: Annotated[
+        int | None, typer.Option(help="events per chunk (default: the first store's)", min=1, max=MAX_CHUNK)
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing store")] = False,
 ) -> None:
     """Merge event stores (e.g. a folder of shards) into one store, in order (resumable)."""
@@ -441,7 +483,9 @@ def finetune(
     init: Annotated[Path | None, typer.Option(help="pretrained run folder (or exported model folder)")] = None,
     data: DataOpt = None,
     out: Annotated[Path | None, typer.Option(help="run folder")] = None,
-    fraction: Annotated[float, typer.Option(help="train on this fraction of the training split")] = 1.0,
+    fraction: Annotated[
+        float, typer.Option(help="train on this fraction of the training split", min=0.0, max=1.0)
+    ] = 1.0,
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option(help="continue an interrupted run")] = False,
     wandb: WandbOpt = "offline",
@@ -459,8 +503,10 @@ def embed(
     run: Annotated[Path, typer.Argument(help="run folder (or a checkpoint file)")],
     data: Annotated[list[str], typer.Option(help="event store, URL, glob or shard folder (repeat for several)")],
     out: Annotated[Path, typer.Option(help="latents store (*.zarr)")],
-    pca: Annotated[int | None, typer.Option(help="also store K principal components (fitted on the val split)")] = None,
-    batch_size: Annotated[int, typer.Option(help="events per batch")] = 1024,
+    pca: Annotated[
+        int | None, typer.Option(help="also store K principal components (fitted on the val split)", min=1)
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="events per batch", min=1, max=MAX_BATCH)] = 1024,
     overwrite: Annotated[bool, typer.Option(help="replace an existing latents store")] = False,
     select: Annotated[
         list[str] | None, typer.Option("--select", help="a cut, e.g. 'n_jet >= 4' (repeat: ANDed); only passing events")
@@ -479,9 +525,11 @@ def embed(
 def probe(
     latents: Annotated[Path, typer.Argument(help="latents store")],
     target: Annotated[str, typer.Option(help="target or global feature name")],
-    seeds: Annotated[int, typer.Option(help="seeds; the 3 with the lowest validation loss are kept")] = 5,
+    seeds: Annotated[
+        int, typer.Option(help="seeds; the 3 with the lowest validation loss are kept", min=1, max=MAX_SEEDS)
+    ] = 5,
     pca: Annotated[bool, typer.Option("--pca", help="probe the PCA projections instead of the raw latents")] = False,
-    epochs: Annotated[int, typer.Option(help="training epochs per seed")] = 50,
+    epochs: Annotated[int, typer.Option(help="training epochs per seed", min=1, max=MAX_EPOCHS)] = 50,
     signal: Annotated[
         str | None, typer.Option(help="comma-separated signal processes: report the signal-vs-rest AUC")
     ] = None,
@@ -491,6 +539,8 @@ def probe(
     from .embed import probe as run_probe
 
     signals = [x.strip() for x in signal.split(",") if x.strip()] if signal else None
+    if json_out is not None:
+        prepare_output(json_out, "file", overwrite=True)
     r = run_probe(latents, target, seeds=seeds, epochs=epochs, use_pca=pca, signal=signals)
     console.print(
         f"probe {r['kind']} on {r['level']} {r['features']} -> {r['target']}: test {r['metric']} "
@@ -525,15 +575,22 @@ def evaluate(
         list[str] | None, typer.Option(help="event store, URL, glob or shard folder (default: the run's dataset)")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="output folder (default: RUN/eval)")] = None,
-    split: Annotated[str, typer.Option(help="train | val | test | all")] = "test",
-    which: Annotated[str, typer.Option(help="best | last checkpoint")] = "best",
+    split: Annotated[SplitName, typer.Option(help="train | val | test | all")] = SplitName.test,
+    which: Annotated[Which, typer.Option(help="best | last checkpoint")] = Which.best,
     weights: Annotated[
-        str | None, typer.Option(help="ema | raw (default: the weights the best checkpoint was selected on)")
+        WeightsName | None,
+        typer.Option(help="ema | raw (default: the weights the best checkpoint was selected on)"),
     ] = None,
-    max_events: Annotated[int | None, typer.Option(help="score at most this many events")] = None,
-    batch_size: Annotated[int, typer.Option(help="events per batch")] = 512,
-    seed: Annotated[int, typer.Option(help="seed of the generative heads' sampling and of the bootstrap")] = 0,
-    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the uncertainties (0: none)")] = 30,
+    max_events: Annotated[
+        int | None, typer.Option(help="score at most this many events", min=1, max=MAX_EVENTS)
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="events per batch", min=1, max=MAX_BATCH)] = 512,
+    seed: Annotated[
+        int, typer.Option(help="seed of the generative heads' sampling and of the bootstrap", min=0, max=MAX_SEED)
+    ] = 0,
+    bootstrap: Annotated[
+        int, typer.Option(help="bootstrap resamples for the uncertainties (0: none)", min=0, max=100_000)
+    ] = 30,
     all_: Annotated[bool, typer.Option("--all", help="print every figure, not only the headline")] = False,
     wandb: Annotated[str, typer.Option("--wandb", help="log figures and plots: disabled | offline | online")] = (
         "disabled"
@@ -544,14 +601,14 @@ def evaluate(
     from .evaluate import evaluate as run_evaluate
 
     where = " ".join(data) if data else "its own data"
-    err_console.print(f"evaluate {run} ({which}) on the {split} split of {where}", markup=False)
+    err_console.print(f"evaluate {run} ({which.value}) on the {split.value} split of {where}", markup=False)
     r = run_evaluate(
         run,
         data,
         out,
-        split=split,
-        which=which,
-        weights=weights,
+        split=split.value,
+        which=which.value,
+        weights=weights.value if weights else None,
         batch_size=batch_size,
         max_events=max_events,
         seed=seed,
@@ -641,13 +698,15 @@ def study(
     task: Annotated[Path, typer.Argument(help="fine-tuning task YAML (its metrics are reported)")],
     pretrained: Annotated[Path, typer.Option(help="pretrained run folder (or checkpoint file)")],
     fractions: Annotated[str, typer.Option(help="comma-separated training fractions")] = "1,0.3,0.1,0.03",
-    seeds: Annotated[int, typer.Option(help="seeds per fraction and mode")] = 3,
+    seeds: Annotated[int, typer.Option(help="seeds per fraction and mode", min=1, max=MAX_SEEDS)] = 3,
     out: Annotated[Path, typer.Option(help="study folder (an existing one is continued)")] = Path("runs/study"),
-    max_events: Annotated[int | None, typer.Option(help="evaluate at most this many test events per cell")] = None,
+    max_events: Annotated[
+        int | None, typer.Option(help="evaluate at most this many test events per cell", min=1, max=MAX_EVENTS)
+    ] = None,
     protocol: Annotated[
         str, typer.Option(help="converged (early stopping within the budget) | equal-steps")
     ] = "converged",
-    max_steps: Annotated[int | None, typer.Option(help="step budget of every cell")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="step budget of every cell", min=1)] = None,
     modes: Annotated[str, typer.Option(help="comma-separated: pretrained, scratch (ablations: pretrained)")] = (
         "pretrained,scratch"
     ),
@@ -675,9 +734,9 @@ def study(
 @command()
 def bench(
     kind: Annotated[str, typer.Argument(help="loader | model | train | scale")],
-    events: Annotated[int, typer.Option(help="events in the benchmark store")] = 1_000_000,
+    events: Annotated[int, typer.Option(help="events in the benchmark store", min=1, max=MAX_EVENTS)] = 1_000_000,
     rss_events: Annotated[
-        int, typer.Option(help="events in the store whose epoch peak RSS is measured (0: skip)")
+        int, typer.Option(help="events in the store whose epoch peak RSS is measured (0: skip)", min=0, max=MAX_EVENTS)
     ] = 2_000_000,
     workers: Annotated[str, typer.Option(help="comma-separated loader worker counts")] = "0,2",
     batch_size: Annotated[int | None, typer.Option(help="[default: loader 1024, model and train 256]")] = None,

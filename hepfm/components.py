@@ -260,12 +260,18 @@ _BASE = ("name", "description", "Params")
 
 #: kind -> its contract. Registration refuses a class without a required member.
 CONTRACTS: dict[str, Contract] = {
-    "head": Contract("hepfm_register_heads", Head, (*_BASE, "forward", "loss", "predict"),
-                     ("infer", "bind")),  # fmt: skip
+    "head": Contract(
+        "hepfm_register_heads", Head, (*_BASE, "forward", "loss", "predict"), ("infer", "bind")
+    ),  # fmt: skip
     "dataset": Contract("hepfm_register_datasets", Dataset, (*_BASE, "open")),
-    "generator": Contract("hepfm_register_generators", Generator, (*_BASE, "processes", "targets", "generate"),
-                          ("topology",)),  # fmt: skip
-    "converter": Contract("hepfm_register_converters", Converter, (*_BASE, "describe", "read"),
-                          ("counters", "path_params", "export", "export_companions")),  # fmt: skip
+    "generator": Contract(
+        "hepfm_register_generators", Generator, (*_BASE, "processes", "targets", "generate"), ("topology",)
+    ),  # fmt: skip
+    "converter": Contract(
+        "hepfm_register_converters",
+        Converter,
+        (*_BASE, "describe", "read"),
+        ("counters", "path_params", "export", "export_companions"),
+    ),  # fmt: skip
     "metric": Contract("hepfm_register_metrics", Metric, (*_BASE, "compute"), ("headline", "units", "figures", "plot")),
 }

@@ -37,7 +37,8 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from . import __version__, plugins
-from ._errors import HepfmError, StoreError
+from ._errors import HepfmError
+from ._outputs import as_os_error, output_lock, prepare_output
 from ._progress import progress
 from ._yaml import line_of, located, read_yaml
 from .schema import EventBlock, EventSchema
@@ -695,10 +696,7 @@ def plan_export(
     out = Path(out)
     files = [out, *getattr(cls, "export_companions", lambda o: [])(out)]
     for path in files:
-        if path.is_dir():
-            raise StoreError(f"{path}: is a directory")
-        if path.exists() and not overwrite:
-            raise StoreError(f"{path}: exists; choose another out or pass overwrite=True (--overwrite)")
+        prepare_output(path, "file", overwrite)
     return ExportPlan(cls, store, out, files)
 
 
@@ -710,8 +708,14 @@ def run_export(plan: ExportPlan) -> ExportResult:
     """
     exporter = plan.converter(plan.converter.Params(), plan.store.schema)
     start = time.perf_counter()
-    with progress(f"export {plan.converter.name}", plan.store.n_events) as advance:
-        files = exporter.export(plan.store, plan.out, advance)
+    with output_lock(plan.out), progress(f"export {plan.converter.name}", plan.store.n_events) as advance:
+        try:
+            files = exporter.export(plan.store, plan.out, advance)
+        except (OSError, RuntimeError) as exc:  # HDF5 reports a full disk as RuntimeError(... errno = 28 ...)
+            os_error = as_os_error(exc, plan.out)
+            if os_error is None:
+                raise
+            raise os_error from None
     return ExportResult(files, plan.store.n_events, time.perf_counter() - start)
 
 

@@ -26,8 +26,11 @@ import numpy as np
 import torch
 import zarr
 import zarr.codecs
+from pydantic import ValidationError
 
-from ._errors import HepfmError
+from ._errors import HepfmError, describe_validation_error
+from ._limits import MAX_BATCH, MAX_EPOCHS, MAX_EVENTS, MAX_SEEDS, in_range
+from ._outputs import output_lock, prepare_output
 from ._progress import progress
 from ._selection import Selection
 from .checkpoint import find_checkpoint, load_model
@@ -75,8 +78,14 @@ def embed(
 ) -> EmbedResult:
     """Write the frozen latents of every event of ``data`` that passes ``selection`` (see module docstring)."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise HepfmError(f"{out}: exists; choose another out or pass overwrite=True (--overwrite)")
+    in_range("--batch-size", batch_size, 1, MAX_BATCH)
+    in_range("pca_events", pca_events, 1, MAX_EVENTS)
+    prepare_output(out, "latents", overwrite)
+    with output_lock(out):
+        return _embed(run, data, out, pca, batch_size, pca_events, which, selection)
+
+
+def _embed(run, data, out: Path, pca, batch_size, pca_events, which, selection) -> EmbedResult:
     ckpt_path = find_checkpoint(run, which)
     model = load_model(ckpt_path)
     store = open_data(data, schema=model.schema)
@@ -84,9 +93,13 @@ def embed(
     task_split = SplitSpec()
     task_file = Path(run) / "task.yaml" if Path(run).is_dir() else None
     if task_file is not None and task_file.is_file():
-        import yaml
+        from ._yaml import read_yaml
 
-        task_split = SplitSpec.model_validate((yaml.safe_load(task_file.read_text()) or {}).get("split", {}))
+        raw = read_yaml(task_file, "task file")[0]
+        try:
+            task_split = SplitSpec.model_validate((raw if isinstance(raw, dict) else {}).get("split") or {})
+        except ValidationError as exc:
+            raise HepfmError(f"{task_file}: split: {describe_validation_error(exc)}") from None
     d = model.config.dim
     cuts = Selection.parse(selection or [])
     if cuts:
@@ -122,8 +135,6 @@ def embed(
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
-    if out.exists():
-        shutil.rmtree(out)
     g = zarr.open_group(tmp, mode="w")
     chunk = max(1, min(store.chunk_events, 4096))
 
@@ -154,6 +165,11 @@ def embed(
         for batch in EventLoader(store, "all", batch_size, shuffle=False, selection=cuts):
             objects, event = _latents(model, batch)
             b = len(batch)
+            if not (np.isfinite(event).all() and np.isfinite(objects).all()):
+                raise HepfmError(
+                    f"{ckpt_path}: the model gives NaN or inf latents for events {pos}..{pos + b} of {store.path} "
+                    f"(inputs far outside the training data?); nothing was written to {out}"
+                )
             sl = slice(pos, pos + b)
             mask = batch.mask.numpy()
             arrays["object_latents"][sl] = objects
@@ -203,7 +219,14 @@ def embed(
         explained = attrs["pca"]["object"]["explained_total"] if "object" in attrs["pca"] else None
     attrs["complete"] = True
     g.attrs.update(attrs)
+    old = out.with_name(out.name + ".replaced")
+    if out.exists():  # --overwrite: the old latents stay until the new ones are complete
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(out, old)
     os.replace(tmp, out)
+    if old.exists():
+        shutil.rmtree(old)
     return EmbedResult(out, n, d, explained)
 
 
@@ -256,6 +279,10 @@ def probe(
     signal: list[str] | None = None,
 ) -> dict[str, Any]:
     """A linear probe of ``target`` on frozen latents (see module docstring); returns the report."""
+    in_range("--seeds", seeds, 1, MAX_SEEDS)
+    in_range("keep", keep, 1, MAX_SEEDS)
+    in_range("--epochs", epochs, 1, MAX_EPOCHS)
+    in_range("max_events", max_events, 1, MAX_EVENTS)
     g = open_latents(latents)
     x, y, split, per_object = _features_and_target(g, target, use_pca, max_events)
     classify = np.issubdtype(y.dtype, np.integer) or y.dtype == bool

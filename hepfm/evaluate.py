@@ -36,6 +36,8 @@ from . import __version__, plugins
 from ._errors import HepfmError
 from ._files import write_atomic, write_json
 from ._headline import HeadlineRow, bootstrap, headline_rows, markdown_summary
+from ._limits import MAX_BATCH, MAX_EVENTS, MAX_SEED, in_range
+from ._outputs import output_lock, prepare_output
 from ._plots import save_figure
 from ._progress import progress
 from ._selection import Selection
@@ -241,6 +243,13 @@ def evaluate(
         bootstrap_resamples: Resamples of the scored events for the uncertainties (0: none).
     """
     run = Path(run)
+    if split not in ("train", "val", "test", "all"):
+        raise HepfmError(f"--split '{split}': expected one of train, val, test, all")
+    in_range("--batch-size", batch_size, 1, MAX_BATCH)
+    in_range("--seed", seed, 0, MAX_SEED)
+    if max_events is not None:
+        in_range("--max-events", max_events, 1, MAX_EVENTS)
+    in_range("--bootstrap", bootstrap_resamples, 0, 100_000)
     task = _run_task(run)
     specs = metrics if metrics is not None else (task.metrics if task is not None else [])
     if not specs:
@@ -250,6 +259,16 @@ def evaluate(
             raise HepfmError(f"{run}: no --data given and the run names no store")
         data = task.dataset.params["path"]
     out = Path(out) if out is not None else (run if run.is_dir() else run.parent) / "eval"
+    prepare_output(out, "eval", resume=True)  # a rerun replaces its metrics; a user's folder is refused
+    with output_lock(out):
+        return _evaluate(
+            run, task, specs, data, out, split, which, weights, batch_size, max_events, seed, plots, bootstrap_resamples
+        )
+
+
+def _evaluate(
+    run, task, specs, data, out, split, which, weights, batch_size, max_events, seed, plots, bootstrap_resamples
+) -> EvalResult:
     checkpoint = find_checkpoint(run, which)
     model = load_model(checkpoint, weights=weights)
     store = open_data(data, schema=model.schema)

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from . import __version__, plugins
 from ._errors import HepfmError, describe_validation_error
+from ._limits import MAX_CHUNK, MAX_EVENTS, MAX_SEED, MAX_WORKERS, in_range
 from ._progress import progress
 from .schema import EventBlock, EventSchema
 from .store import DEFAULT_CHUNK, EventStore, StoreWriter
@@ -174,12 +175,10 @@ def plan_generation(
         overwrite: Replace an existing store.
         sharded: ``out`` is a folder of shards (``hepfm.shards.generate_sharded`` checks it).
     """
-    if n_events < 1:
-        raise HepfmError(f"--events must be positive, got {n_events}")
-    if workers < 1:
-        raise HepfmError(f"--workers must be positive, got {workers}")
-    if chunk_events < 1:
-        raise HepfmError(f"--chunk-events must be positive, got {chunk_events}")
+    in_range("--events", n_events, 1, MAX_EVENTS)
+    in_range("--workers", workers, 1, MAX_WORKERS)
+    in_range("--chunk-events", chunk_events, 1, MAX_CHUNK)
+    in_range("--seed", seed, 0, MAX_SEED)
     cls = find_generator(list(processes), generator)
     if not sharded:
         StoreWriter.preflight(out, overwrite)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ._outputs import prepare_output
 from ._plots import draw_hist, feature_label, fill, flow_note, hep_label, make_axis, new_figure, save_figure, styled
 from ._progress import progress
 from .physics import four_vectors, mass
@@ -53,7 +54,7 @@ def verify_store(path: str | os.PathLike) -> int:
     """Read every chunk of every array; raise ``StoreError`` naming the first bad one. Returns events read."""
     store = EventStore.open(path)
     with progress("verify", store.n_events) as advance:
-        for part in store.iter_chunks():
+        for part in store.iter_chunks(mask_check=True):
             advance(len(part["objects"]))
     return store.n_events
 
@@ -61,6 +62,7 @@ def verify_store(path: str | os.PathLike) -> int:
 def plot_store(path: str | os.PathLike, out_dir: str | os.PathLike, max_events: int = 200_000) -> list[Path]:
     """Write ``store_figures`` as PNGs (``out_dir/NAME.png``, validation plots under ``validation/``)."""
     out = Path(out_dir)
+    prepare_output(out, "plots", resume=True)
     return [save_figure(fig, out / f"{name}.png") for name, fig in store_figures(path, max_events).items()]
 
 

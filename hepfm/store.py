@@ -32,6 +32,8 @@ import zarr
 import zarr.codecs
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from . import _outputs
+from . import _store_check as _check
 from ._errors import StoreError
 from ._selection import Selection
 from .schema import SCHEMA_VERSION, Batch, EventBlock, EventSchema, FeatureStats, Normaliser
@@ -138,7 +140,7 @@ class SplitSpec(BaseModel):
     train: float = Field(0.8, ge=0, le=1)
     val: float = Field(0.1, ge=0, le=1)
     test: float = Field(0.1, ge=0, le=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1)
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> SplitSpec:
@@ -244,17 +246,26 @@ class StoreWriter:
         self._pending: list[EventBlock] = []
         self._n_pending = 0
         self._closed = False
-        if self.preflight(self.path, overwrite) == "overwrite":
-            shutil.rmtree(self.path)
-        if self.path.exists():
-            self._resume(provenance or {})
-        else:
-            self._create(provenance or {})
+        self._lock = _outputs.acquire_lock(self.path)  # one writer per store; released by close or exit
+        try:
+            if self.preflight(self.path, overwrite) == "overwrite":
+                shutil.rmtree(self.path)
+            if self.path.exists():
+                self._resume(provenance or {})
+            else:
+                self._create(provenance or {})
+        except BaseException:
+            _outputs.release_lock(self._lock)
+            raise
 
     # -- opening ------------------------------------------------------------------------------
     def _create(self, provenance: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        g = zarr.open_group(self.path, mode="w-")
+        # created under a temporary name and renamed whole: a kill never leaves a store without its attributes
+        tmp = self.path.with_name(f".{self.path.name}.creating")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        g = zarr.open_group(tmp, mode="w-")
         n_obj, n_f, n_g = self.schema.max_objects, self.schema.n_object_features, self.schema.n_global_features
         layout = {
             "objects": ((n_obj, n_f), "float32"),
@@ -288,7 +299,8 @@ class StoreWriter:
                 "accumulators": {"objects": self._obj_moments.state(), "globals": self._glob_moments.state()},
             }
         )
-        self._group = g
+        os.replace(tmp, self.path)
+        self._group = zarr.open_group(self.path, mode="r+")
 
     @staticmethod
     def preflight(path: str | os.PathLike, overwrite: bool = False) -> str:
@@ -298,6 +310,7 @@ class StoreWriter:
         not a hepfm store, so nothing already written is touched.
         """
         path = Path(path)
+        _outputs.check_parents(path)
         if not path.exists():
             return "new"
         if not path.is_dir():
@@ -354,10 +367,21 @@ class StoreWriter:
             arr = g[name]
             if arr.shape[0] != self.n_events:  # drop a chunk written after the last checkpoint
                 arr.resize((self.n_events, *arr.shape[1:]))
-        acc = attrs["accumulators"]
-        self._obj_moments = _Moments(0, acc["objects"])
-        self._glob_moments = _Moments(0, acc["globals"])
+        # the statistics are rebuilt from the events on disk, chunk by chunk as they were merged when written,
+        # so a resumed store's statistics are bit-identical to an uninterrupted write's
+        self._obj_moments = _Moments(self.schema.n_object_features)
+        self._glob_moments = _Moments(self.schema.n_global_features)
+        for start in range(0, self.n_events, self.chunk):
+            stop = min(start + self.chunk, self.n_events)
+            self._accumulate(g["objects"][start:stop], g["mask"][start:stop], g["globals"][start:stop])
         self._group = g
+
+    def _accumulate(self, objects: np.ndarray, mask: np.ndarray, globals_: np.ndarray) -> None:
+        """Merge events into the statistics, one chunk at a time."""
+        for a in range(0, len(objects), self.chunk):
+            b = a + self.chunk
+            self._obj_moments.update(objects[a:b][mask[a:b]])
+            self._glob_moments.update(globals_[a:b])
 
     def _array_names(self) -> list[str]:
         return [*CORE_ARRAYS, *(f"targets/{k}" for k in self.targets)]
@@ -447,10 +471,9 @@ class StoreWriter:
         with zarr.config.set({"array.write_empty_chunks": True}):  # every chunk on disk: truncation is detectable
             for name, values in arrays.items():
                 self._group[name].append(values, axis=0)
-        self._obj_moments.update(out.objects[out.mask])
-        self._glob_moments.update(out.globals)
+        self._accumulate(out.objects, out.mask, out.globals)
         self.n_events += n_write
-        record = {
+        record: dict[str, Any] = {  # the moments so far, merged by multi-store datasets (a resume rebuilds them)
             "n_events": self.n_events,
             "accumulators": {"objects": self._obj_moments.state(), "globals": self._glob_moments.state()},
         }
@@ -478,6 +501,7 @@ class StoreWriter:
             else:
                 self._group.attrs.update(finish())
             self._closed = True
+            _outputs.release_lock(self._lock)
         return EventStore.open(self.path)
 
     def __enter__(self) -> StoreWriter:
@@ -486,7 +510,8 @@ class StoreWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
-        # on error: what was flushed stays, unmarked, for the next writer to resume
+        else:  # on error: what was flushed stays, unmarked, for the next writer to resume
+            _outputs.release_lock(self._lock)
 
 
 # --------------------------------------------------------------------------------------------
@@ -549,20 +574,20 @@ class EventStore:
                 f"{path}: attribute 'complete' is missing, the write stopped after {attrs.get('n_events', 0)} "
                 f"events; rerun the command that wrote it to resume"
             )
-        try:
-            store = cls(path, group, attrs)
-        except KeyError as exc:
-            raise StoreError(f"{path}: array or attribute {exc} missing (damaged store)") from None
-        except Exception as exc:
-            raise StoreError(f"{path}: attribute 'schema' is invalid ({type(exc).__name__})") from None
+        stored = _check.check_attributes(path, attrs)
         if schema is not None:
-            diff = store.schema.differences(schema)
+            diff = stored.differences(schema)
             if diff:
                 raise StoreError(f"{path}: attribute 'schema' does not match the expected schema: {'; '.join(diff)}")
+        _check.check_arrays(path, group, stored, attrs)
+        store = cls(path, group, attrs)
         if store.n_events == 0:
             raise StoreError(f"{path}: the store holds no events")
         if check:
             store._check_arrays()
+            last = (store.n_events - 1) // store.chunk_events * store.chunk_events
+            for start in sorted({0, last}):  # a sample of the values; every chunk with inspect --verify
+                store.read(start, min(start + store.chunk_events, store.n_events), mask_check=True)
         return store
 
     @property
@@ -626,8 +651,15 @@ class EventStore:
         return [(a, min(a + c, self.n_events)) for a in range(0, self.n_events, c)]
 
     # -- data ---------------------------------------------------------------------------------
-    def read(self, start: int, stop: int, names: list[str] | None = None) -> dict[str, np.ndarray]:
-        """Events [start, stop) of the named arrays (all by default), as numpy."""
+    def read(
+        self, start: int, stop: int, names: list[str] | None = None, mask_check: bool = False
+    ) -> dict[str, np.ndarray]:
+        """Events [start, stop) of the named arrays (all by default), as numpy.
+
+        Values are checked as they are read (NaN or inf, labels outside ``processes``; with
+        ``mask_check`` also the mask against the objects): a bad value is a ``StoreError`` naming
+        the store, the array, the feature and the event.
+        """
         out = {}
         for name in names or self.array_names:
             try:
@@ -639,12 +671,13 @@ class EventStore:
                 raise StoreError(
                     f"{self.path}/{name}: chunk {c0}..{c1} is corrupt or truncated ({type(exc).__name__}: {exc})"
                 ) from None
+        _check.check_values(self.path, out, self.schema, self.processes, start, mask=mask_check)
         return out
 
-    def iter_chunks(self, names: list[str] | None = None) -> Iterator[dict[str, np.ndarray]]:
+    def iter_chunks(self, names: list[str] | None = None, mask_check: bool = False) -> Iterator[dict[str, np.ndarray]]:
         """Every chunk in order (a full sequential scan)."""
         for start in range(0, self.n_events, self.chunk_events):
-            yield self.read(start, min(start + self.chunk_events, self.n_events), names)
+            yield self.read(start, min(start + self.chunk_events, self.n_events), names, mask_check)
 
     def __len__(self) -> int:
         return self.n_events

@@ -16,8 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from . import plugins
 from ._errors import HepfmError, TaskError
+from ._limits import MAX_BATCH, MAX_DEPTH, MAX_EPOCHS, MAX_SEED, MAX_WIDTH
 from ._selection import Selection, SelectionError
-from ._yaml import dotted, line_of, located, read_yaml
+from ._yaml import dotted, line_of, load_yaml, located, read_yaml
 from .store import SplitSpec
 
 __all__ = [
@@ -76,10 +77,10 @@ class ModelSpec(_Strict):
     """Backbone size: a preset, optionally with explicit sizes overriding it."""
 
     preset: Literal["tiny", "small", "lite", "standard"] = "small"
-    dim: int | None = Field(None, ge=8)
-    depth: int | None = Field(None, ge=1)
-    num_heads: int | None = Field(None, ge=1)
-    k_neighbours: int | None = Field(None, ge=1)
+    dim: int | None = Field(None, ge=8, le=MAX_WIDTH)
+    depth: int | None = Field(None, ge=1, le=MAX_DEPTH)
+    num_heads: int | None = Field(None, ge=1, le=256)
+    k_neighbours: int | None = Field(None, ge=1, le=512)
     feature_dropout: float | None = Field(None, ge=0, lt=1)
 
 
@@ -104,9 +105,9 @@ class EarlyStoppingSpec(_Strict):
 class TrainSpec(_Strict):
     """Optimisation and run settings."""
 
-    epochs: int = Field(1, ge=1)
-    max_steps: int | None = Field(None, ge=1)
-    batch_size: int = Field(512, ge=1)
+    epochs: int = Field(1, ge=1, le=MAX_EPOCHS)
+    max_steps: int | None = Field(None, ge=1, le=10**9)
+    batch_size: int = Field(512, ge=1, le=MAX_BATCH)
     lr: float = Field(1e-3, gt=0)
     backbone_lr_scale: float = Field(1.0, ge=0)
     weight_decay: float = Field(0.01, ge=0)
@@ -120,7 +121,7 @@ class TrainSpec(_Strict):
     engine: Literal["local", "deepspeed"] = "local"
     zero_stage: int = Field(0, ge=0, le=3)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     val_every: int = Field(200, ge=1, description="steps between validations and checkpoints")
     keep_every: int | None = Field(
         None, ge=1, description="also keep checkpoints/step-N.safetensors every N steps (pretraining-length studies)"
@@ -190,8 +191,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise TaskError([f"--set {text}: expected key=value, e.g. train.max_steps=30"])
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = load_yaml(raw, f"--set {key.strip()}")[0] if raw.strip() else ""
+    except HepfmError as exc:
+        if "YAML refused" in str(exc):
+            raise TaskError([str(exc)]) from None
         value = raw
     if isinstance(value, str):
         try:
@@ -274,6 +277,25 @@ def _component_problems(data: dict[str, Any]) -> list[tuple[tuple, str]]:
     return problems
 
 
+def _metric_head_problems(data: dict[str, Any]) -> list[tuple[tuple, str]]:
+    """A metric parameter naming a head (``head``, ``*_head``) must name a key under ``heads:``."""
+    heads, metrics = data.get("heads"), data.get("metrics")
+    if not isinstance(heads, dict) or not isinstance(metrics, list):
+        return []
+    problems = []
+    for i, ref in enumerate(metrics):
+        params = ref.get("params") if isinstance(ref, dict) else None
+        if not isinstance(params, dict):
+            continue
+        for key, value in params.items():
+            if (key == "head" or key.endswith("_head")) and isinstance(value, str) and value not in heads:
+                known = ", ".join(map(str, heads)) or "none"
+                problems.append(
+                    (("metrics", i, "params", key), f"names head '{value}', which is not under heads: (heads: {known})")
+                )
+    return problems
+
+
 def _selection_problems(data: dict[str, Any]) -> list[tuple[tuple, str]]:
     """Syntax of every cut of ``selection`` (feature names are checked against the store's schema later)."""
     cuts = data.get("selection")
@@ -331,6 +353,7 @@ def load_task(path: str | os.PathLike, overrides: list[str] | None = None) -> Ta
             problems.append((tuple(err["loc"]), err["msg"]))
     problems += _component_problems(data)
     problems += _selection_problems(data)
+    problems += _metric_head_problems(data)
     if problems:
         formatted, seen = [], set()
         for loc, msg in problems:

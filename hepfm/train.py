@@ -35,8 +35,10 @@ import torch
 from . import __version__, plugins
 from ._errors import HepfmError
 from ._files import write_atomic, write_json
+from ._outputs import output_lock, prepare_output
 from ._progress import err_console, progress
-from .checkpoint import build_model, checkpoint_weights, load_checkpoint, save_checkpoint
+from ._yaml import read_yaml
+from .checkpoint import build_model, check_finite, checkpoint_weights, load_checkpoint, save_checkpoint
 from .model import config_from_spec
 from .store import EventLoader, EventStore
 from .tasks import Task, task_selection
@@ -106,6 +108,7 @@ def init_from(
 
     path, ckpt = load_pretrained(checkpoint)  # a run folder, checkpoint file or exported model folder
     source, chosen = checkpoint_weights(ckpt, weights, str(path))
+    check_finite(source, str(path))
     theirs = ckpt["config"].get("backbone", {})
     mine = model.config.to_dict()
     differ = [
@@ -367,6 +370,32 @@ def _validate(
     return {k: v / max(n, 1) for k, v in sums.items()}
 
 
+def _check_resumable(out: Path, task: Task, ckpt: dict[str, Any], mine: dict[str, Any]) -> None:
+    """Refuse ``--resume`` with another task, preset, heads or data layout than the run's, or from NaN weights."""
+    previous = out / "task.yaml"
+    if previous.is_file():
+        data = read_yaml(previous, "task file")[0]
+        name = data.get("name") if isinstance(data, dict) else None
+        if name != task.name:
+            raise HepfmError(f"{out}: --resume with task '{task.name}', but the run is of task '{name}' ({previous})")
+    theirs = ckpt["config"]
+    for key in ("backbone", "heads", "schema", "processes"):
+        if theirs.get(key) == mine.get(key):
+            continue
+        what = f"the run's {key} differ from this task's"
+        if key == "backbone":
+            what = "; ".join(
+                f"{k} {theirs[key].get(k)} (run) != {v} (task)" for k, v in mine[key].items() if theirs[key].get(k) != v
+            )
+        raise HepfmError(
+            f"{out}: --resume with another model than the run's: config '{key}': {what}; "
+            "resume with the run's own task and preset, or choose another --out"
+        )
+    where = str(out / "checkpoints" / "last.safetensors")
+    check_finite(ckpt["model"], where, "model/")
+    check_finite(ckpt.get("ema") or {}, where, "ema/")
+
+
 def _model_card(run: Path, task: Task, config: dict[str, Any], result: dict[str, Any]) -> str:
     params = result.get("parameters", 0)
     heads = "\n".join(f"- `{k}`: {h['name']} (weight {h['weight']})" for k, h in config["heads"].items())
@@ -412,8 +441,22 @@ def train(
     fraction: float = 1.0,
     wandb_mode: str = "offline",
 ) -> TrainResult:
-    """Train a task into a run folder (see module docstring); ``resume`` continues exactly."""
+    """Train a task into a run folder (see module docstring); ``resume`` continues exactly.
+
+    The run folder is locked while training: a second ``train`` into it is refused in one line.
+    """
     out = Path(out)
+    if not 0.0 < fraction <= 1.0:
+        raise HepfmError(f"--fraction {fraction}: must be in (0, 1] (a share of the training split)")
+    prepare_output(out, "run", resume=True)
+    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only rank 0 writes (and locks) the run folder
+        return _train(task, out, resume, fraction, wandb_mode)
+    with output_lock(out):
+        return _train(task, out, resume, fraction, wandb_mode)
+
+
+def _train(task: Task, out: Path, resume: bool, fraction: float, wandb_mode: str) -> TrainResult:
+    """``train`` with the run folder checked and locked."""
     t = task.train
     if wandb_mode not in ("offline", "online", "disabled"):
         raise HepfmError(f"--wandb '{wandb_mode}': expected offline, online or disabled")
@@ -441,6 +484,9 @@ def train(
                 f"{store.path}: head '{key}' needs target {missing[0]!r}; the store has {sorted(store.targets)}"
             )
     selection = task_selection(task, store.schema)
+    ckpt = load_checkpoint(last_path) if resume else None
+    if ckpt is not None:  # before anything in the run folder changes
+        _check_resumable(out, task, ckpt, config)
     torch.manual_seed(t.seed)
     random.seed(t.seed)
     np.random.seed(t.seed % 2**32)
@@ -496,8 +542,7 @@ def train(
     step, epoch, position, best = 0, 0, 0, None
     best_step, stalled, stopped, seen_total, flops, wall_before = None, 0, False, 0, 0.0, 0.0
     flops_per_event: dict[str, float] = {}  # per stage, counted on its first step
-    if resume:
-        ckpt = load_checkpoint(last_path)
+    if ckpt is not None:
         if engine.optimizer is None or ckpt["optimizer"] is None:
             engine.close()
             raise HepfmError(

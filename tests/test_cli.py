@@ -99,7 +99,6 @@ BAD_GENERATE = {
     "unknown_process": (["ttbar_quantum"], ["unknown process 'ttbar_quantum'", "toy_signal"]),
     "fraction_not_number": (["toy_signal=lots"], ["toy_signal=lots", "not a number"]),
     "fractions_do_not_sum": (["toy_signal=0.5", "toy_background=0.2"], ["sum to 0.7"]),
-    "negative_events": (["toy_signal", "--events", "-5"], ["--events", "positive"]),
     "unknown_generator": (["toy_signal", "--generator", "madgraph"], ["unknown generator 'madgraph'", "synthetic"]),
     "bad_generator_param": (["toy_signal", "--param", "eta_max=-1"], ["generator 'synthetic' params", "eta_max"]),
 }
@@ -110,7 +109,13 @@ def test_generate_bad_input_one_line(tmp_path, cli, case):
     args, needles = BAD_GENERATE[case]
     result = cli("generate", *args, "--out", tmp_path / "x.zarr")
     assert_one_line_error(result, *needles)
-    assert not (tmp_path / "x.zarr").exists() or case == "negative_events"
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_generate_negative_events_is_a_usage_error(tmp_path, cli):
+    r = cli("generate", "toy_signal", "--events", "-5", "--out", tmp_path / "x.zarr")
+    assert r.exit_code == 2 and "--events" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "x.zarr").exists()
 
 
 def test_generate_refuses_to_replace_a_complete_store(complete_store, cli):

@@ -586,7 +586,7 @@ def test_bad_inputs_give_one_line(tmp_path, cli):
         "bad.yaml",
         "met_phi",
     )
-    (tmp_path / "bad.yaml").write_text(PARQUET_MAP + "permutations: {t: [[b, x]]}\n")
+    (tmp_path / "bad.yaml").write_text(PARQUET_MAP.replace("permutations: {}", "permutations: {t: [[b, x]]}"))
     assert_one_line_error(
         cli("convert", tmp_path / "t.parquet", "--format", "parquet", "--map", tmp_path / "bad.yaml", "--out", out),
         "bad.yaml",

@@ -28,6 +28,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from hepfm import Batch, HepfmError
+from hepfm._limits import MAX_WIDTH
 from hepfm.components import HeadDims, Latents, Params
 
 from ._assignment_decode import decode
@@ -58,8 +59,8 @@ class AssignmentParams(Params):
     candidates: Literal["all", "jets"] = Field(
         "all", description="objects a daughter may be: all, or jets only (objects whose is_lepton feature is 0)"
     )
-    hidden: int = Field(64, ge=1)
-    search_budget: int = Field(4096, ge=1, description="joint combinations examined per event when decoding")
+    hidden: int = Field(64, ge=1, le=MAX_WIDTH)
+    search_budget: int = Field(4096, ge=1, le=10**8, description="joint combinations examined per event when decoding")
 
     @model_validator(mode="after")
     def _check(self) -> AssignmentParams:

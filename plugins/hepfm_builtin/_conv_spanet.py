@@ -31,6 +31,7 @@ import yaml
 from pydantic import Field
 
 from hepfm import EventBlock, EventSchema, EventStore, HepfmError, compute_globals
+from hepfm._yaml import read_yaml
 from hepfm.components import Params
 from hepfm.sdk import MappingError, ObjectGroup, SourceInfo, energy_from_mass, pack_objects, remap_indices, require
 
@@ -119,16 +120,9 @@ def _tree_targets(section: str, value: Any, event: dict[str, list[str]], where: 
 
 def load_event_info(path: Path) -> EventInfo:
     """Parse and check a SPANet event YAML; problems are one line naming the file and key."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise HepfmError(f"{path}: no such SPANet event file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise HepfmError(f"{path}: cannot read ({exc})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise HepfmError(f"{path}{line}: YAML syntax error: {getattr(exc, 'problem', exc)}") from None
+    if not path.is_file():
+        raise HepfmError(f"{path}: no such SPANet event file")
+    data, _ = read_yaml(path, "SPANet event file")
     if not isinstance(data, dict):
         raise HepfmError(f"{path}: a SPANet event file is a mapping with INPUTS and EVENT")
     inputs = data.get("INPUTS")

@@ -13,6 +13,7 @@ from pydantic import Field
 from torch import nn
 
 from hepfm import Batch
+from hepfm._limits import MAX_CLASSES, MAX_DEPTH, MAX_WIDTH
 from hepfm.components import HeadDims, Latents, Params
 from hepfm.sdk import MLP, alpha_sigma, ddim_sample, noise, predict_x0_eps, time_embedding
 
@@ -29,8 +30,8 @@ class VisibleDiffusionParams(Params):
     mask_fraction: float = Field(
         0.5, gt=0, le=1, description="fraction of real objects generated (the trainer may ramp it)"
     )
-    hidden: int = Field(128, ge=1)
-    steps: int = Field(20, ge=1, description="DDIM steps when generating")
+    hidden: int = Field(128, ge=1, le=MAX_WIDTH)
+    steps: int = Field(20, ge=1, le=10_000, description="DDIM steps when generating")
 
 
 class VisibleDiffusionHead(nn.Module):
@@ -102,12 +103,12 @@ class VisibleDiffusionHead(nn.Module):
 class InvisibleDiffusionParams(Params):
     target: str = Field("truth_nu", description="target [B, P, 4]: invisible particles' (px, py, pz, E)")
     mask_target: str | None = Field("truth_nu_mask", description="target [B, P] bool (None: all present)")
-    num_particles: int = Field(2, ge=1, description="P")
+    num_particles: int = Field(2, ge=1, le=MAX_CLASSES, description="P")
     components: list[int] = Field([0, 1, 2], description="which of the target's last-axis entries to generate")
     scale: float = Field(100.0, gt=0, description="GeV per unit of the generated variables")
-    layers: int = Field(2, ge=1)
-    num_heads: int = Field(4, ge=1)
-    steps: int = Field(20, ge=1, description="DDIM steps when generating")
+    layers: int = Field(2, ge=1, le=MAX_DEPTH)
+    num_heads: int = Field(4, ge=1, le=256)
+    steps: int = Field(20, ge=1, le=10_000, description="DDIM steps when generating")
 
 
 class InvisibleDiffusionHead(nn.Module):

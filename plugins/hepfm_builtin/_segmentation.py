@@ -18,16 +18,17 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from hepfm import Batch
+from hepfm._limits import MAX_CLASSES, MAX_DEPTH
 from hepfm.components import HeadDims, Latents, Params
 
 
 class SegmentationParams(Params):
-    num_classes: int = Field(ge=1, description="segment classes (a 'no object' class is added)")
-    num_queries: int = Field(4, ge=1)
+    num_classes: int = Field(ge=1, le=MAX_CLASSES, description="segment classes (a 'no object' class is added)")
+    num_queries: int = Field(4, ge=1, le=MAX_CLASSES)
     label_classes: list[int] | None = Field(None, description="class of each label value (default: label = class)")
     target: str = Field("segmentation", description="integer label per object [B, N], -1 for none")
-    layers: int = Field(2, ge=1)
-    num_heads: int = Field(4, ge=1)
+    layers: int = Field(2, ge=1, le=MAX_DEPTH)
+    num_heads: int = Field(4, ge=1, le=256)
     no_object_weight: float = Field(0.1, ge=0)
 
 

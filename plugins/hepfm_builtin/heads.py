@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
 from hepfm import Batch, hookimpl
+from hepfm._limits import MAX_CLASSES, MAX_WIDTH
 from hepfm.components import HeadDims, Latents, Params
 
 from ._assignment import AssignmentHead
@@ -24,8 +25,10 @@ class ClassificationHead(torch.nn.Module):
     description: ClassVar[str] = "event latent -> process logits; weighted cross-entropy"
 
     class Params(Params):
-        num_classes: int | None = Field(None, ge=2, description="number of classes (default: the store's processes)")
-        hidden: int = Field(128, ge=1, description="width of the hidden layer")
+        num_classes: int | None = Field(
+            None, ge=2, le=MAX_CLASSES, description="number of classes (default: the store's processes)"
+        )
+        hidden: int = Field(128, ge=1, le=MAX_WIDTH, description="width of the hidden layer")
         dropout: float = Field(0.0, ge=0, lt=1)
         target: str = Field("process", description="name of the integer target")
         class_weights: list[float] | None = Field(None, description="optional weight per class")
@@ -83,9 +86,11 @@ class RegressionHead(torch.nn.Module):
 
     class Params(Params):
         targets: list[str] = Field(min_length=1, description="target names, or global feature names")
-        sizes: list[int] | None = Field(None, description="width of each target (default 1 each)")
+        sizes: list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]] | None = Field(
+            None, description="width of each target (default 1 each)"
+        )
         loss: Literal["mse", "log_cosh"] = "mse"
-        hidden: int = Field(128, ge=1)
+        hidden: int = Field(128, ge=1, le=MAX_WIDTH)
         mean: list[float] | None = None
         std: list[float] | None = None
 
