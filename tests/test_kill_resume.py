@@ -21,6 +21,17 @@ from conftest import ROOT
 ENV = {**os.environ, "HEPFM_PROGRESS": "0", "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """In-process runs use one thread, as the killed subprocesses do: the losses compare bit for bit."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def hepfm(*args):
     return [sys.executable, "-m", "hepfm", *map(str, args)]
 
