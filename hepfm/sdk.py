@@ -15,6 +15,9 @@ built-in plugin imports them. The contracts each kind of component must meet are
   ``ddim_sample``, ``time_embedding``).
 - Statistics: ``binned_significance`` (Asimov significance over score bins), ``GridResult`` and
   ``plot_grid`` (figures per mass point of a parametrised search).
+- Limits for ``Params`` fields: ``MAX_WIDTH``, ``MAX_CLASSES``, ``MAX_DEPTH`` (sizes past them are
+  refused with the ceiling in the message); ``read_yaml`` (YAML with alias, depth and size limits,
+  duplicate keys refused).
 - Stores: ``store_topology(store)`` (the decay topology a store carries, or its generator's).
 - Physics: the ``physics`` module (four-vectors, masses, boosts, the spin-correlation angles).
 - Plots: the ``plots`` module (``new_figure`` builds a ``Figure`` outside pyplot, ``styled``,
@@ -27,6 +30,8 @@ from __future__ import annotations
 from . import _plots as plots
 from . import physics
 from ._errors import HepfmError
+from ._limits import MAX_CLASSES, MAX_DEPTH, MAX_WIDTH
+from ._yaml import read_yaml
 from .components import Evaluation, HeadDims, Latents, Params
 from .convert import (
     MappingError,
@@ -73,6 +78,10 @@ __all__ = [
     "physics",
     "plots",
     "store_topology",
+    "MAX_WIDTH",
+    "MAX_CLASSES",
+    "MAX_DEPTH",
+    "read_yaml",
     "binned_significance",
     "GridResult",
     "plot_grid",

@@ -243,7 +243,7 @@ def evaluate_grid(
 
 def plot_grid(result: GridResult, file: Path, title: str) -> Path:
     """Heat map of the binned significance (and AUC in each cell) over (m_X, m_Y)."""
-    from ._plots import pyplot, save_figure
+    from ._plots import new_figure, save_figure, style_context
 
     mxs = sorted({p[0] for p in result.points})
     mys = sorted({p[1] for p in result.points})
@@ -252,15 +252,15 @@ def plot_grid(result: GridResult, file: Path, title: str) -> Path:
     for (mx, my), zz, a in zip(result.points, result.z_binned, result.auc, strict=True):
         z[mys.index(my), mxs.index(mx)] = zz
         labels[(mxs.index(mx), mys.index(my))] = f"Z={zz:.1f}\nAUC={a:.3f}"
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    im = ax.imshow(z, origin="lower", cmap="viridis", aspect="auto")
+    with style_context():
+        fig, ax = new_figure(size=(6, 4.5))
+        im = ax.imshow(z, origin="lower", cmap="viridis", aspect="auto")
     for (i, j), text in labels.items():
         ax.text(i, j, text, ha="center", va="center", fontsize=7, color="w")
     ax.set_xticks(range(len(mxs)), [f"{m:g}" for m in mxs])
     ax.set_yticks(range(len(mys)), [f"{m:g}" for m in mys])
-    ax.set_xlabel("m_X [GeV]")
-    ax.set_ylabel("m_Y [GeV]")
+    ax.set_xlabel("$m_X$ [GeV]")
+    ax.set_ylabel("$m_Y$ [GeV]")
     fig.colorbar(im, ax=ax, label="binned significance Z")
     ax.set_title(f"median Z = {result.median_z:.2f}, median AUC = {result.median_auc:.3f}", fontsize=9)
     return save_figure(fig, file, title)

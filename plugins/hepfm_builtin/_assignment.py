@@ -28,8 +28,8 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from hepfm import Batch, HepfmError
-from hepfm._limits import MAX_WIDTH
 from hepfm.components import HeadDims, Latents, Params
+from hepfm.sdk import MAX_WIDTH
 
 from ._assignment_decode import decode
 

@@ -31,9 +31,17 @@ import yaml
 from pydantic import Field
 
 from hepfm import EventBlock, EventSchema, EventStore, HepfmError, compute_globals
-from hepfm._yaml import read_yaml
 from hepfm.components import Params
-from hepfm.sdk import MappingError, ObjectGroup, SourceInfo, energy_from_mass, pack_objects, remap_indices, require
+from hepfm.sdk import (
+    MappingError,
+    ObjectGroup,
+    SourceInfo,
+    energy_from_mass,
+    pack_objects,
+    read_yaml,
+    remap_indices,
+    require,
+)
 
 from ._conv_common import ASSIGNMENT_PREFIX, assignment_target, make_topology, permutation_problem, slot_resonances
 

@@ -13,9 +13,18 @@ from pydantic import Field
 from torch import nn
 
 from hepfm import Batch
-from hepfm._limits import MAX_CLASSES, MAX_DEPTH, MAX_WIDTH
 from hepfm.components import HeadDims, Latents, Params
-from hepfm.sdk import MLP, alpha_sigma, ddim_sample, noise, predict_x0_eps, time_embedding
+from hepfm.sdk import (
+    MAX_CLASSES,
+    MAX_DEPTH,
+    MAX_WIDTH,
+    MLP,
+    alpha_sigma,
+    ddim_sample,
+    noise,
+    predict_x0_eps,
+    time_embedding,
+)
 
 
 def _masked_mse(pred: torch.Tensor, target: torch.Tensor, sel: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -18,8 +18,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from hepfm import Batch
-from hepfm._limits import MAX_CLASSES, MAX_DEPTH
 from hepfm.components import HeadDims, Latents, Params
+from hepfm.sdk import MAX_CLASSES, MAX_DEPTH
 
 
 class SegmentationParams(Params):

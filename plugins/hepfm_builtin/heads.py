@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from hepfm import Batch, hookimpl
-from hepfm._limits import MAX_CLASSES, MAX_WIDTH
 from hepfm.components import HeadDims, Latents, Params
+from hepfm.sdk import MAX_CLASSES, MAX_WIDTH
 
 from ._assignment import AssignmentHead
 from ._generative import InvisibleDiffusionHead, VisibleDiffusionHead
