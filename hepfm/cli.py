@@ -798,9 +798,7 @@ def bench(
 
 def _bench_scale(events: int, json_out: Path | None) -> None:
     from ._bench_scale import bench_dataset_memory, bench_ddp, bench_generation, bench_remote
-    from .plugins import datasets
-
-    pythia = "pythia" in [r.name for r in datasets()]
+    pythia = "pythia" in plugins.generators()
     gen = bench_generation() if pythia else bench_generation(processes=("toy_signal",), events=200_000,
                                                              chunk_events=4096, fast=False)  # fmt: skip
     r = {"generation": gen, "remote": bench_remote(), "ddp": bench_ddp(), "memory": bench_dataset_memory(events)}
