@@ -34,7 +34,7 @@ import numpy as np
 
 from ._errors import StoreError
 from .schema import EventSchema, FeatureStats, Normaliser
-from .store import EventStore, Segment, SplitSpec, _Moments, is_url
+from .store import EventStore, Segment, SplitSpec, _Moments, is_url, typed_stats
 
 __all__ = ["EventDataset", "MANIFEST", "open_data", "resolve_sources"]
 
@@ -172,10 +172,7 @@ class EventDataset:
     @property
     def stats(self) -> dict[str, dict[str, FeatureStats]]:
         """Merged normalisation statistics: {"objects"|"globals": {feature: FeatureStats}}."""
-        return {
-            part: {k: FeatureStats.model_validate(v) for k, v in self.attrs["stats"][part].items()}
-            for part in ("objects", "globals")
-        }
+        return typed_stats(self.attrs["stats"])
 
     def normaliser(self) -> Normaliser:
         """A ``Normaliser`` module with the merged statistics."""

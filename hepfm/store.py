@@ -153,6 +153,11 @@ class SplitSpec(BaseModel):
 Segment = tuple[int, int]
 
 
+def typed_stats(raw: dict[str, dict[str, Any]]) -> dict[str, dict[str, FeatureStats]]:
+    """The ``stats`` attribute as ``FeatureStats``: {"objects"|"globals": {feature: FeatureStats}}."""
+    return {part: {k: FeatureStats.model_validate(v) for k, v in raw[part].items()} for part in ("objects", "globals")}
+
+
 def is_url(path: str | os.PathLike) -> bool:
     """Whether a store path is a URL (``https://``, ``s3://``, ``root://`` ...), read through fsspec."""
     return "://" in os.fspath(path)
@@ -626,10 +631,7 @@ class EventStore:
     @property
     def stats(self) -> dict[str, dict[str, FeatureStats]]:
         """Normalisation statistics: {"objects"|"globals": {feature: FeatureStats}}."""
-        return {
-            part: {k: FeatureStats.model_validate(v) for k, v in self.attrs["stats"][part].items()}
-            for part in ("objects", "globals")
-        }
+        return typed_stats(self.attrs["stats"])
 
     def normaliser(self) -> Normaliser:
         """A ``Normaliser`` module with this store's statistics."""
