@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ._errors import HepfmError
+from ._outputs import acquire_lock, prepare_output, release_lock
 from ._yaml import read_yaml
 from .checkpoint import build_model, checkpoint_weights, find_checkpoint, load_checkpoint
 
@@ -108,8 +109,7 @@ def export_model_folder(
         overwrite: Replace an existing ``out``.
     """
     run, out = Path(run), Path(out)
-    if out.exists() and not overwrite:
-        raise HepfmError(f"{out}: already exists; pass overwrite=True (--overwrite) to replace it")
+    prepare_output(out, "model-folder", overwrite)
     path = find_checkpoint(run, which)
     ckpt = load_checkpoint(path)
     state, chosen = checkpoint_weights(ckpt, "ema" if ckpt.get("ema") else "raw", str(path))
@@ -123,6 +123,7 @@ def export_model_folder(
         "model": ckpt["config"],
     }
     out.parent.mkdir(parents=True, exist_ok=True)
+    lock = acquire_lock(out)  # one writer per output
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -137,6 +138,7 @@ def export_model_folder(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+        release_lock(lock)
     return out
 
 

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from ._errors import HepfmError
+from ._outputs import acquire_lock, prepare_output, release_lock
 from .checkpoint import load_model
 from .schema import Batch
 
@@ -138,8 +139,7 @@ def export_onnx(
     """
     onnx = _require("onnx")
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise HepfmError(f"{out}: exists; pass --overwrite to replace it")
+    prepare_output(out, "file", overwrite)
     model = load_model(run, weights=weights)
     names, skipped = _outputs(model)
     if not names:
@@ -158,6 +158,7 @@ def export_onnx(
     meta = _metadata(model, skipped)
     for op in ("sinh", "cosh"):  # ONNX has them; the TorchScript exporter lacks the mapping
         torch.onnx.register_custom_op_symbolic(f"aten::{op}", lambda g, x, op=op: g.op(op.capitalize(), x), 9)
+    lock = acquire_lock(out)  # one writer per output
     try:
         with torch.no_grad(), warnings.catch_warnings():
             # the tracer's notes on Python ints concern N and sizes, fixed by the schema; the batch axis is dynamic
@@ -174,6 +175,8 @@ def export_onnx(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        release_lock(lock)
     return meta
 
 

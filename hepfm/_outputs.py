@@ -48,6 +48,8 @@ KINDS = {
     "run": "a hepfm run folder",
     "eval": "a hepfm evaluation folder",
     "plots": "a folder of hepfm plots",
+    "model-folder": "a hepfm model folder",
+    "shards": "a hepfm folder of shards",
     "file": "a file",
 }
 
@@ -86,6 +88,10 @@ def output_kind(path: str | os.PathLike) -> str | None:
         )
     if (path / "checkpoints").is_dir() or (path / "task.yaml").is_file():
         return "run"
+    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        return "model-folder"
+    if (path / "hepfm-dataset.json").is_file() or any(path.glob("shard-*.zarr")):
+        return "shards"
     if (path / "metrics.json").is_file() or (path / "plots").is_dir():  # plots come first: an interrupted one
         return "eval"
     if any(path.glob("*.png")) and all(p.suffix in (".png", ".lock") or p.is_dir() for p in path.iterdir()):

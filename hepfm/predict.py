@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ._errors import HepfmError
+from ._outputs import acquire_lock, prepare_output, release_lock
 from ._progress import progress
 from .checkpoint import load_model
 from .schema import Batch
@@ -213,8 +214,7 @@ def predict(
     kind = FORMATS.get(out.suffix.lower())
     if kind is None:
         raise HepfmError(f"--out {out}: unknown format '{out.suffix}'; use one of {', '.join(FORMATS)}")
-    if out.exists() and not overwrite:
-        raise HepfmError(f"{out}: exists; pass --overwrite to replace it")
+    prepare_output(out, "file", overwrite)
     if batch_size < 1:
         raise HepfmError(f"batch size {batch_size}: expected a positive integer")
     store = data if isinstance(data, EventStore) else EventStore.open(data)
@@ -225,6 +225,7 @@ def predict(
     generator = torch.Generator().manual_seed(seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial")
+    lock = acquire_lock(out)  # one writer per output; released however this ends
     writer = _writer(kind, tmp)
     columns: list[str] = []
     start_time = time.perf_counter()
@@ -249,6 +250,8 @@ def predict(
             writer.close()
         finally:
             tmp.unlink(missing_ok=True)
+            release_lock(lock)
         raise
+    release_lock(lock)
     rate = store.n_events / max(time.perf_counter() - start_time, 1e-9)
     return PredictResult(out, store.n_events, columns, rate)

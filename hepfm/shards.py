@@ -34,6 +34,7 @@ from typing import Any
 from . import __version__
 from ._errors import HepfmError, StoreError
 from ._files import write_atomic
+from ._outputs import check_parents, output_lock
 from ._progress import progress
 from .dataset import MANIFEST, EventDataset, open_data
 from .schema import EventBlock
@@ -89,6 +90,7 @@ def dask_client(scheduler: str | None = None, workers: int = 2) -> Iterator[Any]
 
 def _prepare_folder(out: Path, overwrite: bool) -> None:
     """A shard folder is new, resumed, or (with ``overwrite``) emptied of its own shards and manifest only."""
+    check_parents(out)
     if out.exists() and not out.is_dir():
         raise StoreError(f"{out}: exists and is not a directory; refusing to touch it")
     if (out / "zarr.json").is_file():
@@ -198,16 +200,17 @@ def generate_sharded(
         expected = min(j1 * chunk, plan.n_events) - j0 * chunk
         tasks.append((write_shard, (inner, (j0, j1), os.fspath(plan.out / SHARD_NAME.format(k))), expected))
     provenance = {"generator": plan.generator.name, "seed": plan.seed, "n_events_requested": plan.n_events}
-    return _run(
-        plan.out,
-        tasks,
-        f"generate {plan.generator.name} ({executor})",
-        plan.n_events,
-        executor,
-        scheduler,
-        plan.workers,
-        provenance,
-    )
+    with output_lock(plan.out):  # a second run into the same folder is refused in one line
+        return _run(
+            plan.out,
+            tasks,
+            f"generate {plan.generator.name} ({executor})",
+            plan.n_events,
+            executor,
+            scheduler,
+            plan.workers,
+            provenance,
+        )
 
 
 def _convert_shard(plan: Any, out: str) -> int:
@@ -232,9 +235,17 @@ def convert_sharded(plan: Any, executor: str = "dask", scheduler: str | None = N
         tasks.append((_convert_shard, (shard, os.fspath(plan.out / SHARD_NAME.format(k))), info.n_events))
     provenance = {"converter": plan.converter.name, "inputs": [os.fspath(p) for p in plan.inputs]}
     total = sum(info.n_events for info in plan.infos)
-    return _run(
-        plan.out, tasks, f"convert {plan.converter.name} ({executor})", total, executor, scheduler, workers, provenance
-    )
+    with output_lock(plan.out):
+        return _run(
+            plan.out,
+            tasks,
+            f"convert {plan.converter.name} ({executor})",
+            total,
+            executor,
+            scheduler,
+            workers,
+            provenance,
+        )
 
 
 def merge_stores(

@@ -233,3 +233,34 @@ def test_a_store_served_over_http_is_inspected_and_trained_on(http_root, cli):
     # a missing store, and a scheme whose package is not installed: one line each
     assert_one_line_error(cli("inspect", f"{url}/missing.zarr"), "missing.zarr", "no readable Zarr v3 event store")
     assert_one_line_error(cli("inspect", "s3://bucket/events.zarr"), "s3://bucket/events.zarr", "s3fs")
+
+
+def test_shard_folders_and_exports_follow_the_output_policy(tmp_path, cli, two_stores):
+    """A second writer of a shard folder is refused; an export never replaces another kind of output."""
+    out = tmp_path / "shards"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'w'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)", str(tmp_path / ".shards.lock")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        r = cli("generate", *GEN, "-n", 400, "--chunk-events", 100, "--out", out, "--executor", "local")
+        assert_one_line_error(r, "shards", "another hepfm process is writing it")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert cli("generate", *GEN, "-n", 400, "--chunk-events", 100, "--out", out, "--executor", "local").exit_code == 0
+    # predict, ONNX and model-folder exports refuse to replace an event store or a user's folder
+    a, _ = two_stores
+    from hepfm._hf_export import export_model_folder
+    from hepfm._outputs import prepare_output
+
+    with pytest.raises(Exception, match="is a hepfm event store, not a hepfm model folder"):
+        export_model_folder(tmp_path / "no-run", a.path, overwrite=True)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(Exception, match="a folder that hepfm did not write"):
+        prepare_output(tmp_path / "mine", "model-folder", overwrite=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    assert prepare_output(out, "shards", overwrite=True) == "overwrite"
