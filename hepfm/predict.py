@@ -38,7 +38,7 @@ from .checkpoint import load_model
 from .schema import Batch
 from .store import EventStore
 
-__all__ = ["PredictResult", "predict", "predict_batch", "ID_TARGETS", "FORMATS"]
+__all__ = ["PredictResult", "predict", "predict_batch", "predict_columns", "ID_TARGETS", "FORMATS"]
 
 #: Targets copied to the output as event identifiers when the input store has them.
 ID_TARGETS = (
@@ -119,6 +119,29 @@ def predict_batch(
             outputs = head.predict(head(latents, batch))
         cols.update(_head_columns(key, head, outputs, processes))
     return cols
+
+
+def predict_columns(model: torch.nn.Module, data: Any, batch_size: int = 1024, seed: int = 0) -> dict[str, np.ndarray]:
+    """Named per-event prediction columns for a ``Batch``, an awkward array, a store or dataset (or its path).
+
+    This is ``model.predict`` for notebooks: one row per event, in input order, columns as
+    ``hepfm predict`` writes them (``HEAD_prob_PROCESS``, ``HEAD_RES_DAUGHTER``, ...).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    if isinstance(data, Batch):
+        return predict_batch(model, data, generator)
+    if type(data).__module__.startswith("awkward"):
+        return predict_batch(model, Batch.from_awkward(data, model.schema), generator)
+    if not hasattr(data, "read"):
+        from .dataset import open_data
+
+        data = open_data(data, schema=model.schema)
+    parts = []
+    for start in range(0, data.n_events, batch_size):
+        stop = min(data.n_events, start + batch_size)
+        batch = Batch.from_arrays(data.read(start, stop, ["objects", "mask", "globals", "weights"]))
+        parts.append(predict_batch(model, batch, generator))
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 # --------------------------------------------------------------------------------------------

@@ -111,6 +111,16 @@ def test_predict_rows_follow_the_input_in_every_format(trained, tmp_path, cli):
     ref = predict_batch(load_model(run), Batch.from_arrays(store.read(50, 120)))
     for name in ("process_prob_signal", "mtt_m_tt", "assignment_t_b", "assignment_tbar_q1"):
         np.testing.assert_allclose(np.asarray(table[name][50:120]), ref[name], rtol=1e-5, atol=1e-5)
+    # model.predict: the same columns for a store (any batching), a Batch and awkward event records
+    model = load_model(run)
+    cols = model.predict(data, batch_size=37)
+    assert len(cols["event_index"] if "event_index" in cols else cols["process_prob_signal"]) == n
+    from hepfm import store_awkward
+
+    events = model.predict(store_awkward(data, 50, 120))
+    for name in ("process_prob_signal", "mtt_m_tt", "assignment_t_b", "assignment_tbar_q1"):
+        np.testing.assert_allclose(cols[name], np.asarray(table[name]), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(events[name], ref[name], rtol=1e-5, atol=1e-5)
     predict(run, data, tmp_path / "p.h5", batch_size=33)
     predict(run, data, tmp_path / "p.root", batch_size=100)
     with h5py.File(tmp_path / "p.h5") as f:

@@ -87,6 +87,17 @@ class EventModel(nn.Module):
         objects, event = self.backbone(x, batch.mask, g, batch.objects[..., self.kin_index], None, None)
         return Latents(objects, event, batch.mask, ctx)
 
+    def predict(self, data, batch_size: int = 1024, seed: int = 0) -> dict:
+        """Named per-event predictions (numpy columns) for a Batch, an awkward array or a store.
+
+        Example:
+            >>> cols = hepfm.load_model("runs/qe").predict("data/ttbar.zarr")  # doctest: +SKIP
+            >>> cols["process_prob_ttbar_dilepton"][:3]  # doctest: +SKIP
+        """
+        from ..predict import predict_columns
+
+        return predict_columns(self, data, batch_size, seed)
+
     def forward(self, batch: Batch, heads: list[str] | None = None) -> dict[str, dict[str, torch.Tensor]]:
         """Outputs of the named heads (all by default)."""
         active = {k: self.heads[k] for k in (heads if heads is not None else self.heads)}
