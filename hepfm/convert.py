@@ -130,16 +130,12 @@ def jagged_to_padded(counts: np.ndarray, flat: np.ndarray, width: int, dtype: An
         dtype: Result dtype; padding is 0.
     """
     counts = np.asarray(counts, np.int64)
-    n = len(counts)
-    out = np.zeros((n, width), dtype)
     if width == 0 or len(flat) == 0:
-        return out
-    starts = np.cumsum(counts) - counts
-    local = np.arange(len(flat), dtype=np.int64) - np.repeat(starts, counts)
-    keep = local < width
-    rows = np.repeat(np.arange(n), counts)[keep]
-    out[rows, local[keep]] = np.asarray(flat)[keep]
-    return out
+        return np.zeros((len(counts), width), dtype)
+    import awkward as ak
+
+    jagged = ak.unflatten(np.asarray(flat), counts)
+    return ak.to_numpy(ak.fill_none(ak.pad_none(jagged, width, axis=1, clip=True), 0)).astype(dtype)
 
 
 def energy_from_mass(pt: np.ndarray, eta: np.ndarray, mass: np.ndarray | float) -> np.ndarray:
