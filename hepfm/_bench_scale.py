@@ -21,9 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ._progress import progress
 from .generate import generate_store, plan_generation, run_generation
-from .store import EventLoader
 
 __all__ = ["bench_generation", "bench_remote", "bench_ddp", "bench_dataset_memory"]
 
@@ -87,16 +85,6 @@ def _http_server(root: Path) -> Iterator[str]:
         proc.wait()
 
 
-def _epoch_rate(store: Any, batch_size: int, label: str) -> float:
-    loader = EventLoader(store, split="all", batch_size=batch_size, shuffle=True)
-    n, t = 0, time.perf_counter()
-    with progress(label, loader.n_events) as advance:
-        for batch in loader:
-            n += len(batch)
-            advance(len(batch))
-    return n / (time.perf_counter() - t)
-
-
 def bench_remote(
     events: int = 200_000, batch_size: int = 1024, rounds: int = 2, directory: str | os.PathLike | None = None
 ) -> dict[str, Any]:
@@ -104,6 +92,7 @@ def bench_remote(
 
     Rounds alternate local and HTTP epochs, so both see the same machine load.
     """
+    from .bench import _loader_rate
     from .store import EventStore
 
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
@@ -111,8 +100,8 @@ def bench_remote(
         local, remote = [], []
         with _http_server(Path(tmp)) as url:
             for _ in range(rounds):
-                local.append(_epoch_rate(EventStore.open(Path(tmp) / "r.zarr"), batch_size, "loader, local"))
-                remote.append(_epoch_rate(EventStore.open(f"{url}/r.zarr"), batch_size, "loader, http"))
+                local.append(_loader_rate(EventStore.open(Path(tmp) / "r.zarr"), 0, batch_size, "loader, local"))
+                remote.append(_loader_rate(EventStore.open(f"{url}/r.zarr"), 0, batch_size, "loader, http"))
         return {
             "events": events,
             "local_events_per_s": sum(local) / rounds,

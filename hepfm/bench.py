@@ -64,10 +64,11 @@ def epoch_peak_rss(store: str | os.PathLike, batch_size: int = 1024, num_workers
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _loader_rate(store: EventStore, workers: int, batch_size: int) -> float:
+def _loader_rate(store: EventStore, workers: int, batch_size: int, label: str | None = None) -> float:
+    """Events/s of one shuffled epoch over every event of a store (or dataset)."""
     loader = EventLoader(store, split="all", batch_size=batch_size, num_workers=workers)
     n, t = 0, time.perf_counter()
-    with progress(f"loader, {workers} workers", store.n_events) as advance:
+    with progress(label or f"loader, {workers} workers", store.n_events) as advance:
         for batch in loader:
             n += len(batch)
             advance(len(batch))

@@ -169,10 +169,15 @@ def generate(
         from .shards import generate_sharded
 
         r = generate_sharded(plan, str(executor), scheduler, shard_events)
-        console.print(f"wrote {r.n_events} events in {len(r.shards)} shards to {r.out}", highlight=False)
+        _print_shards(r)
         return
     store = run_generation(plan)
     console.print(f"wrote {store.n_events} events to {store.path}", highlight=False)
+
+
+def _print_shards(r) -> None:
+    kept = f" ({r.reused} found complete and kept)" if r.reused else ""
+    console.print(f"wrote {r.n_events} events in {len(r.shards)} shards to {r.out}{kept}", highlight=False)
 
 
 @command()
@@ -214,7 +219,7 @@ def convert(
         from .shards import convert_sharded
 
         r = convert_sharded(plan, str(executor), scheduler, workers)
-        console.print(f"wrote {r.n_events} events in {len(r.shards)} shards to {r.out}", highlight=False)
+        _print_shards(r)
         return
     result = run_conversion(plan)
     for note in result.notes:
@@ -239,11 +244,13 @@ def export(
     """Write an event store in another format (SPANet HDF5 plus its event YAML), or a run as ONNX or a model folder."""
     from ._onnx_export import export_onnx, is_run_folder
 
-    if format == "onnx" and is_run_folder(store):
+    if format in ("onnx", "hf") and not is_run_folder(store):
+        raise HepfmError(f"{store}: not a run folder (no checkpoints/); --format {format} exports a trained run")
+    if format == "onnx":
         meta = export_onnx(store, out, overwrite=overwrite)
         console.print(f"wrote {out} ({meta['weights']} weights, heads {', '.join(meta['heads'])})", highlight=False)
         return
-    if format == "hf" and (store / "checkpoints").is_dir():
+    if format == "hf":
         from ._hf_export import export_model_folder
 
         folder = export_model_folder(store, out, overwrite=overwrite)

@@ -278,16 +278,11 @@ def write_shard(plan: GenerationPlan, jobs: tuple[int, int], out: str | os.PathL
     """
     layout = _layout(plan)
     provenance = {**layout["provenance"], "shard_jobs": list(jobs)}
-    out = Path(out)
-    if out.is_dir():
-        try:
-            done = EventStore.open(out, check=False)
-        except HepfmError:
-            done = None
-        if done is not None:
-            if done.provenance != provenance:
-                raise HepfmError(f"{out}: a complete shard with other settings (attribute 'provenance') is in the way")
-            return done.n_events
+    from .shards import finished_shard
+
+    done = finished_shard(out, provenance)
+    if done is not None:
+        return done
     key = repr(layout["init_args"])
     if _STATE.get("key") != key:
         _init_worker(*layout["init_args"])

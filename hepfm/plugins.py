@@ -119,8 +119,8 @@ class Registry(Generic[T]):
             raise HepfmError(f"{where}: {self.kind} '{name}': `Params` is not a pydantic model class")
         return name
 
-    def register(self, item: Any, plugin: str = "?", package: str = "?") -> None:
-        """Add a class (or, for commands, a function) under its name, after checking it."""
+    def register(self, item: Any, plugin: str = "?", package: str = "?") -> str:
+        """Add a class (or, for commands, a function) under its name, after checking it; returns the name."""
         name = self.check(item, plugin, package)
         if name in self._entries:
             old = self._entries[name]
@@ -129,6 +129,7 @@ class Registry(Generic[T]):
                 f"plugin {old.plugin} ({old.package}); names must be unique"
             )
         self._entries[name] = Registration(name, item, plugin, package)
+        return name
 
     def get(self, name: str) -> type[T]:
         """The class registered under ``name``; an unknown name lists the known ones."""
@@ -267,12 +268,11 @@ def registries() -> dict[str, Registry]:
         staged: dict[str, Registry] = {kind: Registry(kind) for kind in KINDS}
         try:
             for kind, item in items:
-                name = regs[kind].check(item, plugin, package)
+                name = staged[kind].register(item, plugin, package)  # checks the contract
                 if name in regs[kind]:
                     old = regs[kind]._entries[name]
                     raise HepfmError(f"{kind} name '{name}' is already registered by plugin {old.plugin} "
                                      f"({old.package})")  # fmt: skip
-                staged[kind].register(item, plugin, package)
         except HepfmError as exc:
             reason = str(exc).removeprefix(f"plugin {plugin} ({package}): ")
             _broken.append(BrokenPlugin(plugin, package, reason))

@@ -40,7 +40,7 @@ from .dataset import MANIFEST, EventDataset, open_data
 from .schema import EventBlock
 from .store import EventStore, StoreWriter
 
-__all__ = ["ShardedResult", "dask_client", "generate_sharded", "convert_sharded", "merge_stores"]
+__all__ = ["ShardedResult", "dask_client", "finished_shard", "generate_sharded", "convert_sharded", "merge_stores"]
 
 SHARD_NAME = "shard-{:05d}.zarr"
 EXECUTORS = ("local", "dask")
@@ -123,7 +123,7 @@ def _run(
     if executor not in EXECUTORS:
         raise HepfmError(f"--executor {executor}: expected one of {', '.join(EXECUTORS)}")
     paths = [Path(args[-1]) for _, args, _ in tasks]
-    reused = sum(1 for p in paths if (p / "zarr.json").is_file() and _complete(p))
+    reused = sum(1 for p in paths if finished_shard(p) is not None)
     counts: list[int] = [0] * len(tasks)
     with progress(label, total) as advance:
         if executor == "local":
@@ -163,12 +163,22 @@ def _run(
     return ShardedResult(out, paths, int(sum(counts)), reused)
 
 
-def _complete(path: Path) -> bool:
+def finished_shard(path: str | os.PathLike, provenance: dict[str, Any] | None = None) -> int | None:
+    """Events of a complete shard at ``path`` (``None`` when there is none, or it is incomplete).
+
+    With ``provenance``, a complete shard written with other settings is refused in one line
+    rather than reused.
+    """
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        return None
     try:
-        EventStore.open(path, check=False)
-        return True
+        done = EventStore.open(path, check=False)
     except HepfmError:
-        return False
+        return None
+    if provenance is not None and done.provenance != provenance:
+        raise HepfmError(f"{path}: a complete shard with other settings (attribute 'provenance') is in the way")
+    return done.n_events
 
 
 def generate_sharded(
@@ -214,12 +224,11 @@ def generate_sharded(
 
 
 def _convert_shard(plan: Any, out: str) -> int:
-    from .convert import run_conversion
+    from .convert import _provenance, run_conversion
 
-    path = Path(out)
-    if (path / "zarr.json").is_file() and _complete(path):
-        return EventStore.open(path, check=False).n_events
-    return run_conversion(dataclasses.replace(plan, out=path, overwrite=False, action="new")).store.n_events
+    shard = dataclasses.replace(plan, out=Path(out), overwrite=False, action="new")
+    done = finished_shard(out, _provenance(shard))
+    return done if done is not None else run_conversion(shard).store.n_events
 
 
 def convert_sharded(plan: Any, executor: str = "dask", scheduler: str | None = None, workers: int = 2) -> ShardedResult:
