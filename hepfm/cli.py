@@ -904,6 +904,15 @@ def add_plugin_commands() -> list[str]:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    add_plugin_commands()
+    """Console-script entry point.
+
+    Plugin commands are added (which loads every plugin) only when the command asked for is not a
+    built-in one, or for the top-level help that lists them: built-in commands start without it.
+    """
+    import sys
+
+    builtin = {info.name or info.callback.__name__.replace("_", "-") for info in app.registered_commands}
+    first = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+    if first not in builtin:
+        add_plugin_commands()
     app()

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from sklearn.metrics import roc_auc_score
 
 from hepfm import Batch
 from hepfm.components import Evaluation, HeadDims, Latents, Params
@@ -109,6 +108,8 @@ class MassGrid:
         self.params = params
 
     def _per_point(self, ev: Evaluation) -> list[tuple[list[float], float, float, int, int]]:
+        from sklearn.metrics import roc_auc_score  # here, not at import: plugins load on every CLI start
+
         key, out = ev.head(self.params.head, "parametrised_classification")
         points = ev.heads[key]["params"]["points"]
         truth = ev.truth(self.params.target)
