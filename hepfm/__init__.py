@@ -12,10 +12,12 @@ from ._errors import HepfmError, StoreError, TaskError
 from ._hf_export import export_model_folder, load_model
 from ._selection import Selection, SelectionError
 from ._task_files import shipped_tasks, task_file
-from .dataset import EventDataset, open_data  # noqa: I001 (after store: it builds on it)
+from .batch import Batch, EventBlock
 from .hookspecs import hookimpl
-from .schema import Batch, EventBlock, EventSchema, Feature, FeatureStats, Normaliser, compute_globals
-from .store import EventLoader, EventStore, SplitSpec, StoreWriter
+from .normaliser import Normaliser
+from .physics import compute_globals
+from .schema import EventSchema, Feature, FeatureStats
+from .store import EventDataset, EventLoader, EventStore, SplitSpec, StoreWriter, open_data
 
 try:
     __version__ = version("hepfm")

@@ -120,7 +120,7 @@ def batch_from_awkward(cls, events, schema, max_objects: int | None = None):
     if all(g in fields for g in schema.global_names):
         glob = np.stack([ak.to_numpy(events[g]).astype(np.float32) for g in schema.global_names], 1)
     elif {"met", "met_phi"} <= fields:
-        from .schema import compute_globals
+        from .physics import compute_globals
 
         glob = compute_globals(schema, padded, mask, ak.to_numpy(events["met"]), ak.to_numpy(events["met_phi"]))
         if glob.shape[1] != len(schema.global_names):

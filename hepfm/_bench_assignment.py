@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .batch import Batch
 from .checkpoint import load_model
-from .schema import Batch
 from .store import EventLoader, EventStore, SplitSpec
 from .tasks import load_task, task_selection
 

@@ -39,8 +39,8 @@ from torch import nn
 
 from ._errors import HepfmError
 from ._outputs import acquire_lock, prepare_output, release_lock
+from .batch import Batch
 from .checkpoint import load_model
-from .schema import Batch
 
 __all__ = ["export_onnx", "decode_assignments", "onnx_metadata", "run_onnx", "is_run_folder"]
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ._progress import progress
+from .batch import EventBlock
 from .generate import generate_store
-from .schema import EventBlock
 from .store import EventLoader, EventStore, StoreWriter
 
 __all__ = [

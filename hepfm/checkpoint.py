@@ -155,8 +155,8 @@ def check_config(config: dict[str, Any], where: str = "checkpoint") -> None:
     """
     from . import plugins
     from ._limits import MAX_DEPTH, MAX_WIDTH
-    from ._store_check import check_stats
     from .model import BackboneConfig
+    from .store import check_stats
 
     for key, kind in (("schema", dict), ("stats", dict), ("backbone", dict), ("heads", dict)):
         if not isinstance(config.get(key), kind):

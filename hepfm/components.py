@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from .schema import Batch, EventBlock, EventSchema
+from .batch import Batch, EventBlock
+from .schema import EventSchema
 
 __all__ = [
     "Params",
@@ -96,7 +97,7 @@ class Dataset(Protocol):
     """Where a task's events come from (task files name it under ``dataset``).
 
     Built as ``cls(params, schema)``; ``open()`` returns the opened events: an
-    ``hepfm.EventStore`` or ``hepfm.dataset.EventDataset`` (anything with their reading members).
+    ``hepfm.EventStore`` or ``hepfm.EventDataset`` (anything with their reading members).
     """
 
     name: ClassVar[str]

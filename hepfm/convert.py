@@ -41,7 +41,8 @@ from ._errors import HepfmError
 from ._outputs import as_os_error, output_lock, prepare_output
 from ._progress import progress
 from ._yaml import line_of, located, read_yaml
-from .schema import EventBlock, EventSchema
+from .batch import EventBlock
+from .schema import EventSchema
 from .store import DEFAULT_CHUNK, EventStore, StoreWriter
 
 __all__ = [

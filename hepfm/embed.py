@@ -34,8 +34,7 @@ from ._outputs import output_lock, prepare_output
 from ._progress import progress
 from ._selection import Selection
 from .checkpoint import find_checkpoint, load_model
-from .dataset import open_data
-from .store import EventLoader, EventStore, SplitSpec
+from .store import EventLoader, EventStore, SplitSpec, open_data
 
 __all__ = ["EmbedResult", "embed", "probe", "open_latents"]
 

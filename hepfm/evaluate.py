@@ -43,8 +43,7 @@ from ._progress import progress
 from ._selection import Selection
 from .checkpoint import find_checkpoint, load_model
 from .components import Evaluation
-from .dataset import open_data
-from .store import EventLoader, EventStore, SplitSpec
+from .store import EventLoader, EventStore, SplitSpec, open_data
 from .tasks import Component, Task, load_task, task_selection
 
 __all__ = [

@@ -22,7 +22,8 @@ from . import __version__, plugins
 from ._errors import HepfmError, describe_validation_error
 from ._limits import MAX_CHUNK, MAX_EVENTS, MAX_SEED, MAX_WORKERS, in_range
 from ._progress import progress
-from .schema import EventBlock, EventSchema
+from .batch import EventBlock
+from .schema import EventSchema
 from .store import DEFAULT_CHUNK, EventStore, StoreWriter
 
 __all__ = [

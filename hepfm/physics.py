@@ -15,6 +15,8 @@ import numpy as np
 from .schema import EventSchema
 
 __all__ = [
+    "invariant_mass",
+    "compute_globals",
     "effective_entries",
     "M_W",
     "four_vectors",
@@ -247,3 +249,62 @@ def w_constrained_neutrinos(
         pz = np.where(np.abs(a - root) < np.abs(a + root), a - root, a + root)
         out[:, k, :2], out[:, k, 2] = nu_t, pz
     return out
+
+
+def invariant_mass(e: np.ndarray, pt: np.ndarray, eta: np.ndarray, phi: np.ndarray, sel: np.ndarray) -> np.ndarray:
+    """Invariant mass of the selected objects of each event.
+
+    Args:
+        e: [n, N] object energies.
+        pt: [n, N] transverse momenta.
+        eta: [n, N] pseudorapidities.
+        phi: [n, N] azimuths.
+        sel: [n, N] bool, which objects enter the sum.
+
+    Returns:
+        [n] masses (0 where fewer than one object is selected).
+    """
+    w = sel.astype(np.float64)
+    px = (pt * np.cos(phi) * w).sum(1)
+    py = (pt * np.sin(phi) * w).sum(1)
+    pz = (pt * np.sinh(eta) * w).sum(1)
+    en = (e * w).sum(1)
+    return np.sqrt(np.clip(en**2 - px**2 - py**2 - pz**2, 0.0, None))
+
+
+def compute_globals(
+    schema: EventSchema, objects: np.ndarray, mask: np.ndarray, met: np.ndarray, met_phi: np.ndarray
+) -> np.ndarray:
+    """EveNet's ten globals from reconstructed objects and the missing transverse momentum.
+
+    Args:
+        schema: Must contain object features E, pt, eta, phi, btag, is_lepton.
+        objects: [n, N, F] raw features.
+        mask: [n, N] bool.
+        met: [n] missing transverse momentum magnitude.
+        met_phi: [n] its azimuth.
+
+    Returns:
+        float32 [n, 10] in the order of ``EVENET_GLOBAL_FEATURES``.
+    """
+    col = {name: objects[..., schema.index(name)].astype(np.float64) for name in ("E", "pt", "eta", "phi")}
+    lep = mask & (objects[..., schema.index("is_lepton")] > 0.5)
+    jet = mask & ~lep
+    bjet = jet & (objects[..., schema.index("btag")] > schema.btag_threshold)
+    kin = (col["E"], col["pt"], col["eta"], col["phi"])
+    out = np.stack(
+        [
+            met,
+            met_phi,
+            lep.sum(1),
+            bjet.sum(1),
+            jet.sum(1),
+            (col["pt"] * jet).sum(1),
+            (col["pt"] * lep).sum(1),
+            invariant_mass(*kin, mask),
+            invariant_mass(*kin, lep),
+            invariant_mass(*kin, bjet),
+        ],
+        axis=1,
+    )
+    return out.astype(np.float32)

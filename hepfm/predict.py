@@ -34,8 +34,8 @@ import torch
 from ._errors import HepfmError
 from ._outputs import acquire_lock, prepare_output, release_lock
 from ._progress import progress
+from .batch import Batch
 from .checkpoint import load_model
-from .schema import Batch
 from .store import EventStore
 
 __all__ = ["PredictResult", "predict", "predict_batch", "predict_columns", "ID_TARGETS", "FORMATS"]
@@ -133,7 +133,7 @@ def predict_columns(model: torch.nn.Module, data: Any, batch_size: int = 1024, s
     if type(data).__module__.startswith("awkward"):
         return predict_batch(model, Batch.from_awkward(data, model.schema), generator)
     if not hasattr(data, "read"):
-        from .dataset import open_data
+        from .store import open_data
 
         data = open_data(data, schema=model.schema)
     parts = []

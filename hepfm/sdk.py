@@ -32,6 +32,7 @@ from . import physics
 from ._errors import HepfmError
 from ._limits import MAX_CLASSES, MAX_DEPTH, MAX_WIDTH
 from ._yaml import read_yaml
+from .batch import Batch, EventBlock
 from .components import Evaluation, HeadDims, Latents, Params
 from .convert import (
     MappingError,
@@ -46,8 +47,9 @@ from .convert import (
 from .hookspecs import hookimpl
 from .model.backbone import MLP
 from .model.diffusion import alpha_sigma, ddim_sample, noise, predict_x0_eps, time_embedding
+from .physics import compute_globals
 from .report import store_topology
-from .schema import Batch, EventBlock, EventSchema, compute_globals
+from .schema import EventSchema
 from .xyh import GridResult, binned_significance, plot_grid
 
 __all__ = [

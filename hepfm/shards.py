@@ -3,7 +3,7 @@
 ``hepfm generate ... --executor dask`` and ``hepfm convert ... --executor dask`` write a *folder of
 shards*: each shard is a complete event store written by one Dask task, and a manifest
 (``hepfm-dataset.json``) is written last, listing them. The folder is a dataset as it is
-(``--data FOLDER``, see ``hepfm.dataset``), or becomes one store with ``hepfm merge``.
+(``--data FOLDER``, see ``hepfm.store``), or becomes one store with ``hepfm merge``.
 
 - Generation: shard ``k`` holds the generation jobs (one chunk each) ``[k J, (k+1) J)``, seeded
   exactly as in the one-store run, so the shards read in order hold the very events of
@@ -36,9 +36,8 @@ from ._errors import HepfmError, StoreError
 from ._files import write_atomic
 from ._outputs import check_parents, output_lock
 from ._progress import progress
-from .dataset import MANIFEST, EventDataset, open_data
-from .schema import EventBlock
-from .store import EventStore, StoreWriter
+from .batch import EventBlock
+from .store import MANIFEST, EventDataset, EventStore, StoreWriter, open_data
 
 __all__ = ["ShardedResult", "dask_client", "finished_shard", "generate_sharded", "convert_sharded", "merge_stores"]
 

@@ -16,11 +16,10 @@ import pytest
 from conftest import ROOT, assert_one_line_error
 from test_convert import PARQUET_MAP, parquet_table
 
-from hepfm.dataset import MANIFEST, EventDataset, open_data
 from hepfm.generate import generate_store
 from hepfm.schema import EventSchema
 from hepfm.shards import merge_stores
-from hepfm.store import EventLoader, EventStore
+from hepfm.store import MANIFEST, EventDataset, EventLoader, EventStore, open_data
 from hepfm.tasks import load_task
 
 MIX = {"toy_signal": 0.5, "toy_background": 0.5}

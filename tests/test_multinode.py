@@ -14,8 +14,8 @@ import textwrap
 import pytest
 from conftest import ROOT
 
-from hepfm.dataset import open_data
 from hepfm.generate import generate_store
+from hepfm.store import open_data
 
 pytest.importorskip("deepspeed")
 
@@ -25,7 +25,7 @@ LAUNCHER = textwrap.dedent(
     import atexit, hashlib, json, os, sys
     report = sys.argv[1]
     reads = []
-    import hepfm.store as S
+    import hepfm.store._loader as S
 
     read = S._SegmentStream._read
 

@@ -16,9 +16,9 @@ from conftest import ROOT, assert_one_line_error, run_python
 from test_assignment import TOPS, write_spanet_allhad
 
 from hepfm import EventStore
+from hepfm.batch import Batch
 from hepfm.checkpoint import load_model
 from hepfm.predict import predict, predict_batch
-from hepfm.schema import Batch
 
 
 @pytest.fixture(scope="module")

@@ -337,7 +337,7 @@ def test_killed_run_resumes_to_the_same_store(mix_store, tmp_path, cli):
 
 
 def test_mix_store_invariants_and_truth_plots(mix_store, tmp_path, cli):
-    from hepfm.schema import EventBlock
+    from hepfm.batch import EventBlock
 
     store = EventStore.open(mix_store)
     data = store.read(0, store.n_events)

@@ -22,8 +22,8 @@ import zarr
 from conftest import ROOT, assert_one_line_error
 
 from hepfm import EventSchema, HepfmError, StoreWriter
+from hepfm.batch import EventBlock
 from hepfm.generate import generate_store
-from hepfm.schema import EventBlock
 
 TASK = ROOT / "tasks" / "demo_classify.yaml"
 TINY = ["--set", "model.preset=tiny", "--set", "train.batch_size=64", "--set", "train.val_batches=1"]

@@ -11,8 +11,10 @@ from pydantic import BaseModel
 from torch import nn
 
 from .._errors import HepfmError
+from ..batch import Batch
 from ..components import HeadDims, Latents
-from ..schema import Batch, EventSchema, FeatureStats, Normaliser
+from ..normaliser import Normaliser
+from ..schema import EventSchema, FeatureStats
 from .backbone import Backbone, BackboneConfig
 
 __all__ = ["ModelContext", "EventModel", "KINEMATICS"]

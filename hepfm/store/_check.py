@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from ._errors import StoreError, describe_validation_error
-from .schema import EventSchema, FeatureStats
+from .._errors import StoreError, describe_validation_error
+from ..schema import EventSchema, FeatureStats
+from ._format import expected_layout
 
 __all__ = ["check_attributes", "check_arrays", "check_values", "check_finite", "check_stats", "MAX_CHUNK_EVENTS"]
 
@@ -84,18 +85,6 @@ def check_stats(path: Path | str, stats: Any, schema: EventSchema, what: str = "
                     f"{path}: {what} 'stats.{part}.{name}' is inconsistent "
                     f"(count {st.count}, std {st.std}, log_std {st.log_std}, min {st.min} > max {st.max}?)"
                 )
-
-
-def expected_layout(schema: EventSchema, targets: dict[str, dict[str, Any]]) -> dict[str, tuple[tuple, np.dtype]]:
-    """Array name -> (shape without the event axis, dtype) of a store with this schema and targets."""
-    layout = {
-        "objects": ((schema.max_objects, schema.n_object_features), np.dtype("float32")),
-        "mask": ((schema.max_objects,), np.dtype("bool")),
-        "globals": ((schema.n_global_features,), np.dtype("float32")),
-        "weights": ((), np.dtype("float32")),
-    }
-    layout.update({f"targets/{k}": (tuple(v.get("shape", [])), np.dtype(v["dtype"])) for k, v in targets.items()})
-    return layout
 
 
 def check_arrays(path: Path, group: Any, schema: EventSchema, attrs: dict[str, Any]) -> dict[str, Any]:

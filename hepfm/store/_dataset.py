@@ -32,9 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import StoreError
-from .schema import EventSchema, FeatureStats, Normaliser
-from .store import EventStore, Segment, SplitSpec, _Moments, is_url, typed_stats
+from .._errors import StoreError
+from ..normaliser import Normaliser
+from ..schema import EventSchema, FeatureStats
+from ._format import Segment, is_url
+from ._reader import EventStore
+from ._splits import SplitSpec
+from ._statistics import Moments, typed_stats
 
 __all__ = ["EventDataset", "MANIFEST", "open_data", "resolve_sources"]
 
@@ -165,8 +169,8 @@ class EventDataset:
                         f"{store.path}: attribute 'accumulators.{part}' missing; its statistics cannot be "
                         f"merged with other stores' (rewrite it with this hepfm)"
                     )
-                states.append(_Moments(0, acc))
-            out[part] = _Moments.merge(states).stats(names)
+                states.append(Moments(0, acc))
+            out[part] = Moments.merge(states).stats(names)
         return out
 
     @property
