@@ -17,7 +17,6 @@ AUC of the summed signal probabilities, the figure a fine-tuned classifier's ``r
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ from typing import Any
 import numpy as np
 import torch
 import zarr
-import zarr.codecs
 from pydantic import ValidationError
 
 from ._errors import HepfmError, describe_validation_error
@@ -34,7 +32,7 @@ from ._outputs import output_lock, prepare_output
 from ._progress import progress
 from ._selection import Selection
 from .checkpoint import find_checkpoint, load_model
-from .store import EventLoader, EventStore, SplitSpec, open_data
+from .store import DEFAULT_CHUNK, ArrayWriter, EventLoader, EventStore, SplitSpec, open_arrays, open_data
 
 __all__ = ["EmbedResult", "embed", "probe", "open_latents"]
 
@@ -131,17 +129,8 @@ def _embed(run, data, out: Path, pca, batch_size, pca_events, which, selection) 
         if seen == 0:
             raise HepfmError(f"{store.path}: the validation split has too few events to fit a {pca}-component PCA")
 
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    g = zarr.open_group(tmp, mode="w")
-    chunk = max(1, min(store.chunk_events, 4096))
-
-    def array(name: str, shape: tuple, dtype: str) -> zarr.Array:
-        return g.create_array(
-            name, shape=(n, *shape), chunks=(chunk, *shape), dtype=dtype, compressors=zarr.codecs.ZstdCodec(level=3)
-        )
-
+    writer = ArrayWriter(out, LATENTS_FORMAT, n, min(store.chunk_events, DEFAULT_CHUNK))
+    array = writer.create
     n_obj = store.schema.max_objects
     arrays = {
         "object_latents": array("object_latents", (n_obj, d), "float32"),
@@ -187,7 +176,6 @@ def _embed(run, data, out: Path, pca, batch_size, pca_events, which, selection) 
             pos += b
             advance(b)
     attrs: dict[str, Any] = {
-        "hepfm": LATENTS_FORMAT,
         "path": str(out),
         "run": str(run),
         "checkpoint": str(ckpt_path),
@@ -216,28 +204,13 @@ def _embed(run, data, out: Path, pca, batch_size, pca_events, which, selection) 
             if hasattr(f, "components_")
         }
         explained = attrs["pca"]["object"]["explained_total"] if "object" in attrs["pca"] else None
-    attrs["complete"] = True
-    g.attrs.update(attrs)
-    old = out.with_name(out.name + ".replaced")
-    if out.exists():  # --overwrite: the old latents stay until the new ones are complete
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old.exists():
-        shutil.rmtree(old)
+    writer.close(attrs)  # the format tag and attributes, then `complete`, then renamed onto `out`
     return EmbedResult(out, n, d, explained)
 
 
 def open_latents(path: str | os.PathLike) -> zarr.Group:
     """A complete latents store (refuses anything else with one clear line)."""
-    path = Path(path)
-    if not (path / "zarr.json").is_file():
-        raise HepfmError(f"{path}: no such latents store")
-    g = zarr.open_group(path, mode="r")
-    if g.attrs.get("hepfm") != LATENTS_FORMAT or not g.attrs.get("complete"):
-        raise HepfmError(f"{path}: not a complete hepfm latents store (attribute 'hepfm'/'complete')")
-    return g
+    return open_arrays(path, LATENTS_FORMAT, "latents store")
 
 
 def _features_and_target(g: zarr.Group, target: str, use_pca: bool, max_events: int):

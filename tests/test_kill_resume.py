@@ -18,6 +18,9 @@ import pytest
 import zarr
 from conftest import ROOT
 
+from hepfm import HepfmError
+from hepfm.embed import open_latents
+
 ENV = {**os.environ, "HEPFM_PROGRESS": "0", "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
 
 
@@ -157,9 +160,12 @@ def test_embed_killed_mid_run_then_rerun_gives_equal_latents(tmp_path, cli, trai
     partial = tmp_path / "l.zarr.partial"
     assert kill_when(hepfm(*cmd, "--out", out), lambda: (partial / "event_latents" / "c").exists())
     assert not out.exists()  # only the .partial, never a store that looks finished
+    with pytest.raises(HepfmError, match="not a complete hepfm latents store"):
+        open_latents(partial)  # written by the store's ArrayWriter: no `complete` before close
     r = cli(*cmd, "--out", out)
     assert r.exit_code == 0, r.stderr
     a, b = zarr.open_group(ref, mode="r"), zarr.open_group(out, mode="r")
     for name in ("event_latents", "object_latents", "mask", "split", "event_index"):
         assert np.array_equal(a[name][:], b[name][:]), name
     assert not partial.exists()
+    assert list(json.loads((out / "zarr.json").read_text())["attributes"])[-1] == "complete"  # written last

@@ -10,7 +10,7 @@ from conftest import assert_one_line_error, run_python
 
 from hepfm import EventBlock, EventLoader, EventSchema, EventStore, SplitSpec, StoreError, StoreWriter
 from hepfm.bench import epoch_peak_rss
-from hepfm.store import split_segments
+from hepfm.store import ArrayWriter, open_arrays, split_segments
 
 TARGETS = {"process": {"dtype": "int32", "shape": []}, "assignment": {"dtype": "int16", "shape": [4]}}
 
@@ -93,6 +93,37 @@ def test_chunks_are_aligned_and_zstd(tmp_path):
     assert arr.chunks == (2048, 18, 7)
     assert any("zstd" in type(c).__name__.lower() for c in arr.compressors)
     assert arr.nchunks_initialized == 5
+
+
+def test_array_writer_is_complete_only_after_close_and_replaces_atomically(tmp_path):
+    fmt = {"format": "hepfm-test-arrays", "version": 1}
+    out = tmp_path / "a.zarr"
+
+    def fill(value):
+        w = ArrayWriter(out, fmt, 10, 4)
+        w.create("x", (3,), "float32")[:] = np.full((10, 3), value, np.float32)
+        w.create("targets/y", (), "int8")[:] = np.arange(10, dtype=np.int8)
+        return w
+
+    w = fill(1.0)
+    assert w.tmp == tmp_path / "a.zarr.partial" and not out.exists()
+    with pytest.raises(StoreError, match="not a complete hepfm thing"):  # a write killed before close
+        open_arrays(w.tmp, fmt, "thing")
+    assert w.close({"note": "first"}) == out and not w.tmp.exists()
+    attrs = json.loads((out / "zarr.json").read_text())["attributes"]
+    assert list(attrs) == ["hepfm", "note", "complete"]  # the format tag first, complete last
+    g = open_arrays(out, fmt, "thing")
+    assert g["x"].chunks == (4, 3) and any("zstd" in type(c).__name__.lower() for c in g["x"].compressors)
+    assert (g["targets/y"][:] == np.arange(10)).all()
+
+    w = fill(2.0)  # an overwrite: the old output stays readable until the new one is complete
+    assert open_arrays(out, fmt, "thing")["x"][0, 0] == 1.0
+    w.close({"note": "second"})
+    assert open_arrays(out, fmt, "thing")["x"][0, 0] == 2.0 and not (tmp_path / "a.zarr.replaced").exists()
+    with pytest.raises(StoreError, match="not a complete hepfm other"):
+        open_arrays(out, {"format": "other", "version": 1}, "other")
+    with pytest.raises(StoreError, match="no such thing"):
+        open_arrays(tmp_path / "missing.zarr", fmt, "thing")
 
 
 def test_interrupted_write_resumes_to_identical_store(tmp_path):
