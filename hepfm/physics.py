@@ -1,4 +1,4 @@
-"""Collider kinematics and the physics figures of merit the built-in metrics report.
+"""Collider kinematics (invariant masses, the event globals) and the physics figures of merit the metrics report.
 
 Numpy, vectorised over events; four-vectors are ``[..., 4]`` arrays ``(px, py, pz, E)`` in GeV
 (the layout of the generator's truth targets). The four-vector algebra (coordinates, masses,
