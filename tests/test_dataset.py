@@ -1,4 +1,4 @@
-"""Datasets of many stores (hepfm/dataset.py), shards on Dask and merging (hepfm/shards.py), remote stores."""
+"""Datasets of many stores (hepfm/store/_dataset.py), shards on Dask and merging (hepfm/shards.py), remote stores."""
 
 import functools
 import http.server

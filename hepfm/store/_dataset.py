@@ -33,12 +33,11 @@ from typing import Any
 import numpy as np
 
 from .._errors import StoreError
-from ..normaliser import Normaliser
-from ..schema import EventSchema, FeatureStats
+from ..schema import EventSchema
 from ._format import Segment, is_url
 from ._reader import EventStore
 from ._splits import SplitSpec
-from ._statistics import Moments, typed_stats
+from ._statistics import Moments, WithStats
 
 __all__ = ["EventDataset", "MANIFEST", "open_data", "resolve_sources"]
 
@@ -118,7 +117,7 @@ def open_data(
     return stores[0] if len(stores) == 1 else EventDataset(stores)
 
 
-class EventDataset:
+class EventDataset(WithStats):
     """Several complete event stores read as one (see the module docstring).
 
     It offers what the loader, the trainer, ``embed`` and ``evaluate`` use of an ``EventStore``:
@@ -172,15 +171,6 @@ class EventDataset:
                 states.append(Moments(0, acc))
             out[part] = Moments.merge(states).stats(names)
         return out
-
-    @property
-    def stats(self) -> dict[str, dict[str, FeatureStats]]:
-        """Merged normalisation statistics: {"objects"|"globals": {feature: FeatureStats}}."""
-        return typed_stats(self.attrs["stats"])
-
-    def normaliser(self) -> Normaliser:
-        """A ``Normaliser`` module with the merged statistics."""
-        return Normaliser(self.schema, self.stats)
 
     def bytes_on_disk(self) -> int | None:
         sizes = [s.bytes_on_disk() for s in self.stores]

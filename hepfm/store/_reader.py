@@ -16,12 +16,11 @@ import numpy as np
 import zarr
 
 from .._errors import StoreError
-from ..normaliser import Normaliser
-from ..schema import SCHEMA_VERSION, EventSchema, FeatureStats
+from ..schema import SCHEMA_VERSION, EventSchema
 from . import _check
 from ._format import Segment, array_names, is_url
 from ._splits import SplitSpec, split_segments
-from ._statistics import typed_stats
+from ._statistics import WithStats
 
 __all__ = ["EventStore", "check_url_scheme"]
 
@@ -39,7 +38,7 @@ def check_url_scheme(url: str) -> None:
         raise StoreError(f"{url}: unknown URL scheme '{scheme}://' (fsspec knows no such protocol)") from None
 
 
-class EventStore:
+class EventStore(WithStats):
     """A complete event store opened for reading (never loaded whole).
 
     Use ``EventStore.open(path)``; pass ``schema`` to refuse a store written with another one.
@@ -144,16 +143,7 @@ class EventStore:
                     f"(truncated or deleted store)"
                 )
 
-    # -- metadata -----------------------------------------------------------------------------
-    @property
-    def stats(self) -> dict[str, dict[str, FeatureStats]]:
-        """Normalisation statistics: {"objects"|"globals": {feature: FeatureStats}}."""
-        return typed_stats(self.attrs["stats"])
-
-    def normaliser(self) -> Normaliser:
-        """A ``Normaliser`` module with this store's statistics."""
-        return Normaliser(self.schema, self.stats)
-
+    # -- metadata (``stats`` and ``normaliser()`` from ``WithStats``) ---------------------------
     def bytes_on_disk(self) -> int | None:
         """Bytes of the store's files (``None`` for a remote store)."""
         if isinstance(self.path, str):

@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from ..schema import FeatureStats
+from ..normaliser import Normaliser
+from ..schema import EventSchema, FeatureStats
 
-__all__ = ["Moments", "typed_stats"]
+__all__ = ["Moments", "typed_stats", "WithStats"]
 
 
 class Moments:
@@ -93,3 +94,19 @@ class Moments:
 def typed_stats(raw: dict[str, dict[str, Any]]) -> dict[str, dict[str, FeatureStats]]:
     """The ``stats`` attribute as ``FeatureStats``: {"objects"|"globals": {feature: FeatureStats}}."""
     return {part: {k: FeatureStats.model_validate(v) for k, v in raw[part].items()} for part in ("objects", "globals")}
+
+
+class WithStats:
+    """The normalisation statistics of what has a ``schema`` and an ``attrs["stats"]`` (a store, a dataset)."""
+
+    schema: EventSchema
+    attrs: dict[str, Any]
+
+    @property
+    def stats(self) -> dict[str, dict[str, FeatureStats]]:
+        """Normalisation statistics: {"objects"|"globals": {feature: FeatureStats}}."""
+        return typed_stats(self.attrs["stats"])
+
+    def normaliser(self) -> Normaliser:
+        """A ``Normaliser`` module with these statistics."""
+        return Normaliser(self.schema, self.stats)
