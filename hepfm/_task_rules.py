@@ -71,7 +71,7 @@ def _stages(data: dict) -> list[Problem]:
     if fractions and all(isinstance(f, int | float) and not isinstance(f, bool) for f in fractions):
         total = sum(fractions)
         if abs(total - 1.0) > 1e-6:
-            problems.append((("train", "stages"), f"train.stages fractions sum to {total:g}; they must sum to 1"))
+            problems.append((("train", "stages"), f"the stages' fractions sum to {total:g}; they must sum to 1"))
     return problems
 
 
