@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
 from typing import Annotated
@@ -24,8 +25,9 @@ SchedulerOpt = Annotated[
 ]
 
 
-@command()
+@command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def generate(
+    ctx: typer.Context,
     processes: Annotated[
         list[str] | None, typer.Argument(help="PROCESS[=FRACTION]..., e.g. toy_signal=0.3 toy_background")
     ] = None,
@@ -40,9 +42,6 @@ def generate(
     param: Annotated[list[str] | None, typer.Option("--param", help="generator parameter key=value")] = None,
     chunk_events: Annotated[int, typer.Option(help="events per chunk", min=1, max=MAX_CHUNK)] = 4096,
     overwrite: Annotated[bool, typer.Option(help="replace an existing store")] = False,
-    fast: Annotated[
-        bool, typer.Option("--fast", help="multi-parton interactions off (generators with a `fast` parameter)")
-    ] = False,
     executor: ExecutorOpt = None,
     scheduler: SchedulerOpt = None,
     shard_events: Annotated[
@@ -53,6 +52,9 @@ def generate(
 
     With ``--executor dask`` the work is cut into shards, each a complete store written by a Dask
     worker, into the folder ``--out`` (a dataset as it is; ``hepfm merge`` makes one store of it).
+
+    Every boolean parameter of the generator is also a switch: ``--NAME`` sets it to true (e.g.
+    ``--fast`` for a generator with a ``fast`` parameter).
     """
     from .generate import find_generator, parse_processes, plan_generation, run_generation
     from .tasks import parse_override
@@ -62,6 +64,9 @@ def generate(
             for name in r.cls.processes:
                 console.print(f"{r.name:10s} {name}", highlight=False)
         return
+    switches = [p for p in processes or [] if p.startswith("-")]  # --NAME: a boolean generator parameter
+    processes = [p for p in processes or [] if not p.startswith("-")]
+    _refuse_unknown_switches(ctx, switches)
     if not processes:
         raise HepfmError("generate: name at least one PROCESS (hepfm generate --list shows them)")
     params = {}
@@ -69,11 +74,8 @@ def generate(
         key, value = parse_override(p)
         params[".".join(key)] = value
     fractions = parse_processes(processes)
-    if fast:
-        cls = find_generator(list(fractions), generator)
-        if "fast" not in getattr(cls.Params, "model_fields", {}):
-            raise HepfmError(f"--fast: generator '{cls.name}' has no fast mode (it has no `fast` parameter)")
-        params["fast"] = True
+    if switches:
+        params.update(_switch_params(switches, find_generator(list(fractions), generator)))
     plan = plan_generation(
         fractions,
         events,
@@ -95,6 +97,31 @@ def generate(
         return
     store = run_generation(plan)
     console.print(f"wrote {store.n_events} events to {store.path}", highlight=False)
+
+
+def _refuse_unknown_switches(ctx: typer.Context, switches: list[str]) -> None:
+    """A ``--NAME`` that is neither an option nor a boolean parameter of any generator: a usage error, as before."""
+    from .generate import generator_switches
+
+    known = {s for r in plugins.generators() for s in generator_switches(r.cls)}
+    options = [o for param in ctx.command.params for o in param.opts if o.startswith("--")]
+    for switch in switches:
+        if switch not in known:
+            close = sorted(difflib.get_close_matches(switch, [*options, *known]))  # worded as click words it
+            hint = f" Did you mean {close[0]}?" if len(close) == 1 else f" (Possible options: {', '.join(close)})"
+            ctx.fail(f"No such option: {switch}" + (hint if close else ""))
+
+
+def _switch_params(switches: list[str], cls: type) -> dict[str, bool]:
+    """``--NAME`` switches as the generator's boolean parameters (``{"fast": True}``)."""
+    from .generate import generator_switches
+
+    own = generator_switches(cls)
+    for switch in switches:
+        if switch not in own:
+            have = ", ".join(own) or "none"
+            raise HepfmError(f"{switch}: generator '{cls.name}' has no such switch (its boolean parameters: {have})")
+    return {own[switch]: True for switch in switches}
 
 
 def _print_shards(r) -> None:
