@@ -37,7 +37,8 @@ ZeRO and checkpoints (the trainer writes single-file safetensors checkpoints fro
   hold no optimizer state, and ``--resume`` is refused with one error line. A stage 1-2 run can still
   initialise a fine-tune or a new run.
 - stage 3 partitions the weights themselves, which the EMA and the single-writer checkpoints need
-  whole on every rank; it is refused (these models are small enough for stages 0-2).
+  whole on every rank; the task file is refused (``hepfm validate`` and every command that loads it;
+  these models are small enough for stages 0-2).
 
 Across ranks the weights, the EMA and the floating-point buffers (broadcast from rank 0 after each
 step, as DDP does) stay identical; at stage 0, parameters that the backward pass did not reach on any
@@ -144,15 +145,11 @@ class DeepSpeedEngine:
         engine: The ``deepspeed.DeepSpeedEngine``.
 
     Raises:
-        HepfmError: For ZeRO stage 3, or when DeepSpeed cannot start.
+        HepfmError: When DeepSpeed cannot start. (ZeRO stage 3 never reaches here: the task rules,
+            ``hepfm._task_rules``, refuse it when the task is loaded.)
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_spec: TrainSpec) -> None:
-        if train_spec.zero_stage == 3:
-            raise HepfmError(
-                "train.zero_stage 3 partitions the weights, which hepfm's EMA and single-file checkpoints need "
-                "whole on every rank; use zero_stage 0, 1 or 2"
-            )
         cuda = torch.cuda.is_available()
         self._env_before = _single_process_env()
         ds_logger.setLevel(logging.WARNING)  # DeepSpeed logs its whole config at INFO

@@ -29,6 +29,7 @@ from .store import DEFAULT_CHUNK, EventStore, StoreWriter
 __all__ = [
     "parse_processes",
     "find_generator",
+    "generator_switches",
     "job_counts",
     "GenerationPlan",
     "plan_generation",
@@ -83,6 +84,16 @@ def find_generator(processes: list[str], name: str | None = None) -> type:
     if unknown:
         raise HepfmError(f"unknown process '{unknown[0]}'; known: {', '.join(known)}")
     raise HepfmError(f"no single generator makes all of {processes}; mix processes of one generator")
+
+
+def generator_switches(cls: type) -> dict[str, str]:
+    """Command-line switch -> parameter: every boolean field of a generator's ``Params`` is a ``--NAME`` flag.
+
+    ``hepfm generate ... --fast`` sets ``fast: true`` for a generator with a boolean ``fast`` parameter
+    (underscores in a name become dashes: ``--NAME-WITH-DASHES``).
+    """
+    fields = getattr(getattr(cls, "Params", None), "model_fields", {})
+    return {f"--{name.replace('_', '-')}": name for name, f in fields.items() if f.annotation is bool}
 
 
 def job_counts(fractions: list[float], size: int, job: int) -> np.ndarray:

@@ -72,8 +72,9 @@ def store_figures(path: str | os.PathLike, max_events: int = 200_000) -> dict[st
 
     Keys are file stems: ``objects_FEATURE``, ``globals_FEATURE`` and ``validation/NAME`` for the
     physics validation plots: multiplicities, MET, m(ll) of two-lepton events, and, for stores with
-    an ``assignment`` target and a topology naming its slots, the masses of truth-assigned resonance
-    daughters (W -> jj, hadronic top, lepton-b of a top, a -> bb). Each histogram shows, per bin,
+    an assignment target and a topology naming its slots, the masses of truth-assigned resonance
+    daughters that the topology declares (``assignment.truth_masses``; pythia's: W -> jj, hadronic
+    top, lepton-b of a top, a -> bb). Each histogram shows, per bin,
     the fraction of each process's entries with its statistical error; integer features (counts,
     charge, b-tag) get one bin per value, energies a log axis from their smallest value.
     """
@@ -131,44 +132,13 @@ def _ecm_tev(store: EventStore) -> float | None:
 # --------------------------------------------------------------------------------------------
 # physics validation plots: multiplicities, MET, key masses per process
 # --------------------------------------------------------------------------------------------
-#: Truth-pair masses drawn when the store's topology names these assignment slots:
-#: file stem -> (title, slot groups (one object group per resonance), x range, reference value, its label).
-TRUTH_MASSES: dict[str, tuple[str, list[tuple[str, ...]], tuple[float, float], float, str]] = {
-    "mass_w_jj": (
-        "$m_{jj}$, truth $W \\to q\\bar{q}'$ jets",
-        [("t_q1", "t_q2"), ("tbar_q1", "tbar_q2")],
-        (0, 200),
-        80.4,
-        "$m_W$",
-    ),
-    "mass_top_bjj": (
-        "$m_{bjj}$, truth hadronic-top jets",
-        [("t_b", "t_q1", "t_q2"), ("tbar_b", "tbar_q1", "tbar_q2")],
-        (0, 350),
-        172.5,
-        "$m_t$",
-    ),
-    "mass_lb": (
-        "$m_{\\ell b}$, truth $b$ and lepton of one top",
-        [("t_b", "t_l"), ("tbar_b", "tbar_l")],
-        (0, 250),
-        153.0,
-        "endpoint ($m_t^2 - m_W^2)^{1/2}$",
-    ),
-    "mass_a_bb": (
-        "$m_{bb}$, truth $b$ jets of one $a$ ($H \\to aa$)",
-        [("a1_b1", "a1_b2"), ("a2_b1", "a2_b2")],
-        (0, 120),
-        0,
-        "",
-    ),
-}
-
-
 def store_topology(store: EventStore) -> dict[str, Any]:
     """The store's topology attribute or, for stores written without one, its generator's ``topology()``."""
-    if store.topology:
-        return store.topology
+    return store.topology or _generator_topology(store)
+
+
+def _generator_topology(store: EventStore) -> dict[str, Any]:
+    """The ``topology()`` of the generator named in the store's provenance ({} when unknown or unavailable)."""
     prov = store.provenance or {}
     try:
         from . import plugins
@@ -180,9 +150,25 @@ def store_topology(store: EventStore) -> dict[str, Any]:
         return {}
 
 
-def truth_group_masses(store: EventStore, data: dict[str, np.ndarray], slots: list[str], group: tuple[str, ...]):
+def _truth_masses(store: EventStore) -> tuple[str, list[str], dict[str, dict[str, Any]]]:
+    """(assignment target, its slot names, the truth-mass figures) the topology declares.
+
+    ``topology.assignment.truth_masses`` maps a figure's file stem to its ``title``, slot ``groups``,
+    ``range`` [GeV], ``reference`` value (0: none) and ``reference_label``. A store written before
+    its generator declared them takes them from the generator's topology.
+    """
+    assignment = store_topology(store).get("assignment") or {}
+    figures = assignment.get("truth_masses")
+    if figures is None and store.topology:
+        figures = (_generator_topology(store).get("assignment") or {}).get("truth_masses")
+    return assignment.get("target", "assignment"), list(assignment.get("slots", [])), dict(figures or {})
+
+
+def truth_group_masses(
+    store: EventStore, data: dict[str, np.ndarray], slots: list[str], group: tuple[str, ...], target: str = "assignment"
+):
     """Invariant mass of the objects assigned to ``group`` slots, and the events where all are assigned."""
-    assignment = data["targets/assignment"]
+    assignment = data[f"targets/{target}"]
     cols = [slots.index(s) for s in group]
     idx = assignment[:, cols].astype(np.int64)
     ok = (idx >= 0).all(1)
@@ -263,15 +249,16 @@ def _validation_figures(
             figures["mass_ll"] = fig
 
     # truth-assigned resonance masses
-    slots = list(store_topology(store).get("assignment", {}).get("slots", []))
-    if "targets/assignment" in data and slots:
-        for stem, (what, groups, (lo, hi), ref, ref_label) in TRUTH_MASSES.items():
-            groups = [g for g in groups if all(s in slots for s in g)]
+    target, slots, truth_masses = _truth_masses(store)
+    if f"targets/{target}" in data and slots:
+        for stem, spec in truth_masses.items():
+            what, (lo, hi), ref, ref_label = spec["title"], spec["range"], spec["reference"], spec["reference_label"]
+            groups = [tuple(g) for g in spec["groups"] if all(s in slots for s in g)]
             per_process: dict[str, np.ndarray] = {}
             for p, pname in enumerate(names):
                 values = []
                 for g in groups:
-                    m, events = truth_group_masses(store, data, slots, g)
+                    m, events = truth_group_masses(store, data, slots, g, target)
                     values.append(m[labels[events] == p])
                 if values and sum(v.size for v in values):
                     per_process[pname] = np.concatenate(values)

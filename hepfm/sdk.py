@@ -29,12 +29,7 @@ from __future__ import annotations
 
 from . import _plots as plots
 from . import physics
-from ._errors import HepfmError
-from ._limits import MAX_CLASSES, MAX_DEPTH, MAX_WIDTH
-from ._yaml import read_yaml
-from .batch import Batch, EventBlock
-from .components import Evaluation, HeadDims, Latents, Params
-from .convert import (
+from ._convert_kit import (
     MappingError,
     ObjectGroup,
     SourceInfo,
@@ -44,6 +39,11 @@ from .convert import (
     remap_indices,
     require,
 )
+from ._errors import HepfmError
+from ._limits import MAX_CLASSES, MAX_DEPTH, MAX_WIDTH
+from ._yaml import read_yaml
+from .batch import Batch, EventBlock
+from .components import Evaluation, HeadDims, Latents, Params
 from .hookspecs import hookimpl
 from .model.backbone import MLP
 from .model.diffusion import alpha_sigma, ddim_sample, noise, predict_x0_eps, time_embedding

@@ -2,7 +2,8 @@
 
 A task names its components (dataset, heads, metrics) by registered plugin name; each component
 validates its own ``params`` with its own pydantic model. ``load_task`` collects *every* problem
-in a file before failing, so one ``hepfm validate`` run shows them all.
+in a file before failing (field errors, plugin parameters, selection syntax and the cross-field
+rules of ``hepfm._task_rules`` together), so one ``hepfm validate`` run shows them all.
 """
 
 from __future__ import annotations
@@ -12,12 +13,22 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from . import plugins
 from ._errors import HepfmError, TaskError
 from ._limits import MAX_BATCH, MAX_DEPTH, MAX_EPOCHS, MAX_SEED, MAX_WIDTH
 from ._selection import Selection, SelectionError
+from ._task_rules import rule_problems
 from ._yaml import dotted, line_of, load_yaml, located, read_yaml
 from .store import SplitSpec
 
@@ -149,14 +160,12 @@ class Task(_Strict):
     )
 
     @model_validator(mode="after")
-    def _stages_name_heads(self) -> Task:
-        stages = self.train.stages
-        for st in stages:
-            unknown = sorted(set(st.heads or []) - set(self.heads))
-            if unknown:
-                raise ValueError(f"stage '{st.name}' names heads {unknown} that are not under heads:")
-        if stages and abs(sum(st.fraction for st in stages) - 1.0) > 1e-6:
-            raise ValueError(f"train.stages fractions sum to {sum(st.fraction for st in stages):g}; they must sum to 1")
+    def _cross_field_rules(self, info: ValidationInfo) -> Task:
+        """The rules of ``hepfm._task_rules`` (``load_task`` applies them to the raw file, with lines)."""
+        if (info.context or {}).get("rules", True):
+            problems = rule_problems(self.model_dump(mode="json"))
+            if problems:
+                raise ValueError("; ".join(f"{dotted(loc)}: {message}" for loc, message in problems))
         return self
 
     @field_validator("metrics", mode="before")
@@ -277,25 +286,6 @@ def _component_problems(data: dict[str, Any]) -> list[tuple[tuple, str]]:
     return problems
 
 
-def _metric_head_problems(data: dict[str, Any]) -> list[tuple[tuple, str]]:
-    """A metric parameter naming a head (``head``, ``*_head``) must name a key under ``heads:``."""
-    heads, metrics = data.get("heads"), data.get("metrics")
-    if not isinstance(heads, dict) or not isinstance(metrics, list):
-        return []
-    problems = []
-    for i, ref in enumerate(metrics):
-        params = ref.get("params") if isinstance(ref, dict) else None
-        if not isinstance(params, dict):
-            continue
-        for key, value in params.items():
-            if (key == "head" or key.endswith("_head")) and isinstance(value, str) and value not in heads:
-                known = ", ".join(map(str, heads)) or "none"
-                problems.append(
-                    (("metrics", i, "params", key), f"names head '{value}', which is not under heads: (heads: {known})")
-                )
-    return problems
-
-
 def _selection_problems(data: dict[str, Any]) -> list[tuple[tuple, str]]:
     """Syntax of every cut of ``selection`` (feature names are checked against the store's schema later)."""
     cuts = data.get("selection")
@@ -347,13 +337,13 @@ def load_task(path: str | os.PathLike, overrides: list[str] | None = None) -> Ta
 
     problems: list[tuple[tuple, str]] = []
     try:
-        Task.model_validate(data)
+        Task.model_validate(data, context={"rules": False})  # the rules run below, on the raw mapping
     except ValidationError as exc:
         for err in exc.errors():
             problems.append((tuple(err["loc"]), err["msg"]))
     problems += _component_problems(data)
     problems += _selection_problems(data)
-    problems += _metric_head_problems(data)
+    problems += rule_problems(data)
     if problems:
         formatted, seen = [], set()
         for loc, msg in problems:

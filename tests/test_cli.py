@@ -172,3 +172,23 @@ def test_bench_loader_small(cli, tmp_path):
     assert 10 < figures["bytes_per_event"] < 600
     assert_one_line_error(cli("bench", "gpu"), "unknown benchmark 'gpu'")
     assert_one_line_error(cli("bench", "model", "--batch-size", 0), "--batch-size 0")
+
+
+def test_generator_boolean_params_are_switches(tmp_path, cli):
+    from pydantic import BaseModel
+
+    from hepfm import plugins
+    from hepfm.generate import generator_switches
+
+    class Gen:
+        class Params(BaseModel):
+            keep_taus: bool = False
+            pthat_min: float = 20.0
+
+    assert generator_switches(Gen) == {"--keep-taus": "keep_taus"}  # no parameter name is known to the core
+    assert generator_switches(plugins.generators().get("pythia")) == {"--fast": "fast"}
+    assert generator_switches(plugins.generators().get("synthetic")) == {}
+    # a switch that no generator has is a usage error, as an unknown option always was
+    r = cli("generate", "toy_signal", "--evnets", "5", "--out", tmp_path / "x.zarr")
+    assert r.exit_code == 2 and "--evnets" in r.stderr and "--events" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "x.zarr").exists()

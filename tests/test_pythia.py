@@ -365,6 +365,20 @@ def test_store_records_the_generator_topology(mix_store, gen):
     assert EventStore.open(mix_store).topology == gen.topology()
 
 
+def test_truth_mass_figures_come_from_the_topology(mix_store):
+    from hepfm.report import _truth_masses
+
+    store = EventStore.open(mix_store)
+    target, slots, figures = _truth_masses(store)
+    assert target == "assignment" and slots == list(SLOTS)
+    assert set(figures) == {"mass_w_jj", "mass_top_bjj", "mass_lb", "mass_a_bb"}
+    assert all(s in slots for spec in figures.values() for g in spec["groups"] for s in g)
+    # a store written before its generator declared them takes them from the generator
+    store.topology = {**store.topology, "assignment": {**store.topology["assignment"]}}
+    del store.topology["assignment"]["truth_masses"]
+    assert _truth_masses(store)[2] == figures
+
+
 def test_fast_needs_a_generator_with_a_fast_mode(tmp_path, cli):
     r = cli("generate", "toy_signal", "-n", 10, "--fast", "--out", tmp_path / "t.zarr")
     assert_one_line_error(r, "--fast", "synthetic")

@@ -95,7 +95,10 @@ def test_store_dataset_required(tmp_path):
 BAD_TASKS = {
     "unknown_key": (GOOD + "epochz: 3\n", ["task.yaml:6", "epochz", "Extra inputs"]),
     "wrong_type": (GOOD + "train: {batch_size: many}\n", ["task.yaml:6", "train.batch_size", "valid integer"]),
-    "missing_dataset": ("name: t\nheads: {}\n", ["task.yaml", "dataset", "Field required"]),
+    "missing_dataset": (  # with a head: a task without one is a second (cross-field) problem
+        "name: t\nheads: {p: {name: classification, params: {num_classes: 2}}}\n",
+        ["task.yaml", "dataset", "Field required"],
+    ),
     "unknown_head": (
         GOOD.replace("classification", "classificashun"),
         ["task.yaml:4", "heads.process.name", "unknown head 'classificashun'; known: assignment, classification"],
@@ -181,3 +184,88 @@ def test_selection_syntax_and_unknown_features_are_one_line_each(tmp_path, cli, 
     r = cli("finetune", path, "--out", tmp_path / "run", "--set", "model.preset=tiny", "--wandb", "disabled")
     assert_one_line_error(r, f"{path}:8: selection.1:", "unknown feature 'n_jt'", "n_bjet")
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_validate_reports_field_and_cross_field_errors_together(tmp_path, cli):
+    text = GOOD.replace("num_classes: 3", "num_classes: one") + "train: {zero_stage: 3}\n"
+    path = write(tmp_path, text)
+    result = cli("validate", path)
+    assert result.exit_code == 1 and "Traceback" not in result.stdout + result.stderr
+    lines = [line for line in result.error_lines if line.startswith("error:")]
+    assert len(lines) == 2, result.error_lines
+    assert f"{path}:4: heads.process.params.num_classes: " in lines[0] and "valid integer" in lines[0]
+    assert f"{path}:6: train.zero_stage: zero_stage 3 partitions the weights" in lines[1]
+
+
+STAGES = """\
+train:
+  stages:
+    - {name: a, fraction: 0.5, heads: [process], mask_fraction: [0.1, 1.0]}
+    - {name: b, fraction: 0.3, heads: [proc]}
+"""
+
+CROSS_FIELD = {
+    "no_heads": (
+        GOOD.replace("heads:\n  process: {name: classification, params: {num_classes: 3}}\n", ""),
+        [("", "heads", "at least one head")],
+    ),
+    "empty_heads": (
+        GOOD.replace("heads:\n  process: {name: classification, params: {num_classes: 3}}\n", "heads: {}\n"),
+        [("3", "heads", "at least one head")],
+    ),
+    "zero_stage_3": (GOOD + "train: {engine: deepspeed, zero_stage: 3}\n", [("6", "train.zero_stage", "zero_stage 3")]),
+    "zero_stage_local": (
+        GOOD + "train: {zero_stage: 2}\n",
+        [("6", "train.zero_stage", "zero_stage 2 partitions over the processes of the deepspeed engine")],
+    ),
+    "metric_names_missing_head": (
+        GOOD.replace("[accuracy]", "[{name: accuracy, params: {head: proc}}]"),
+        [("5", "metrics.0.params.head", "names head 'proc', which is not under heads: (heads: process)")],
+    ),
+    "duplicate_metric_keys": (
+        GOOD.replace("[accuracy]", "[accuracy, {name: roc_auc, key: accuracy}]"),
+        [("5", "metrics.1.key", "a second metric reports under the key 'accuracy'")],
+    ),
+    "stages": (
+        GOOD + STAGES,
+        [
+            (
+                "8",
+                "train.stages.0.mask_fraction",
+                "a masking ramp, but no head under heads: masks (heads: process; heads that mask: visible_diffusion)",
+            ),
+            ("9", "train.stages.1.heads", "stage 'b' names heads ['proc'] that are not under heads:"),
+            ("7", "train.stages", "fractions sum to 0.8; they must sum to 1"),
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CROSS_FIELD))
+def test_cross_field_rules_are_refused_one_line_each(tmp_path, case):
+    text, expected = CROSS_FIELD[case]
+    path = write(tmp_path, text)
+    with pytest.raises(TaskError) as e:
+        load_task(path)
+    got = e.value.problems
+    assert len(got) == len(expected), got
+    for line, key, msg in expected:
+        where = f"{path}:{line}" if line else str(path)
+        assert any(p.startswith(f"{where}: {key}: ") and msg in p for p in got), (where, key, got)
+
+
+def test_cross_field_rules_hold_for_tasks_built_in_code(tmp_path):
+    from hepfm.tasks import Task
+
+    data = load_task(write(tmp_path, GOOD)).model_dump(mode="json")
+    data["train"]["zero_stage"] = 3
+    with pytest.raises(ValueError, match="train.zero_stage: zero_stage 3 partitions the weights"):
+        Task.model_validate(data)
+
+
+def test_a_masking_head_takes_the_ramp(tmp_path):
+    text = GOOD.replace("heads:\n", "heads:\n  visible: {name: visible_diffusion}\n") + STAGES.replace(
+        "proc]", "process]"
+    )
+    task = load_task(write(tmp_path, text.replace("0.3", "0.5")))
+    assert task.train.stages[0].mask_fraction == (0.1, 1.0)

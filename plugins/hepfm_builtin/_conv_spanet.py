@@ -14,20 +14,21 @@ input ``Globals`` with every global, TARGETS from the store's topology, scalar t
 REGRESSIONS (floats) or CLASSIFICATIONS (integers, ``process`` among them), and what SPANet has no
 place for (weights, per-object or vector targets, exact dtypes, process names, topology) under
 ``HEPFM/`` and in file attributes, so converting the export back gives the store's arrays exactly.
+
+The event YAML is read by ``_spanet_event``, the export written by ``_spanet_export``; this module
+is the converter (the reading plan and the blocks).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-import yaml
 from pydantic import Field
 
 from hepfm import EventBlock, EventSchema, EventStore, HepfmError, compute_globals
@@ -38,16 +39,14 @@ from hepfm.sdk import (
     SourceInfo,
     energy_from_mass,
     pack_objects,
-    read_yaml,
     remap_indices,
     require,
 )
 
-from ._conv_common import ASSIGNMENT_PREFIX, assignment_target, make_topology, permutation_problem, slot_resonances
+from ._conv_common import assignment_target, make_topology
+from ._spanet_event import EventInfo, load_event_info, target_name
+from ._spanet_export import export_companions, export_spanet
 
-EXPORT_FORMAT = "hepfm-spanet-export/1"
-SEQUENCE, GLOBALS = "Source", "Globals"
-_NORMS = {"log_standardise": "log_normalize", "standardise": "normalize", "uniform": "normalize", "none": "none"}
 _ALIASES = {
     "E": ("e", "energy"),
     "pt": ("pt",),
@@ -62,114 +61,6 @@ _ALIASES = {
     "px": ("px", "pt_x"),
     "py": ("py", "pt_y"),
 }
-
-
-# --------------------------------------------------------------------------------------------
-# the event YAML
-# --------------------------------------------------------------------------------------------
-@dataclass
-class EventInfo:
-    """A SPANet event file: inputs, the decay tree, its symmetries, regression and classification targets."""
-
-    path: Path
-    sequential: dict[str, dict[str, Any]]
-    global_: dict[str, dict[str, Any]]
-    event: dict[str, list[str]]
-    permutations: dict[str, Any]
-    regressions: list[tuple[str, ...]] = field(default_factory=list)
-    classifications: list[tuple[str, ...]] = field(default_factory=list)
-
-
-def _item_name(item: Any) -> str | None:
-    if isinstance(item, str):
-        return item
-    if isinstance(item, dict) and len(item) == 1:
-        return str(next(iter(item)))
-    return None
-
-
-def _tree_targets(section: str, value: Any, event: dict[str, list[str]], where: Path) -> list[tuple[str, ...]]:
-    """REGRESSIONS / CLASSIFICATIONS as dataset paths: (EVENT, x), (p, PARTICLE, x), (p, d, x)."""
-    if value in (None, {}):
-        return []
-    if not isinstance(value, dict):
-        raise HepfmError(f"{where}: {section}: expected a mapping of EVENT and particle names")
-    out: list[tuple[str, ...]] = []
-
-    def names(items: Any, key: str) -> list[str]:
-        if items is None:
-            return []
-        if not isinstance(items, list):
-            raise HepfmError(f"{where}: {key}: expected a list of target names")
-        got = [_item_name(i) for i in items]
-        if None in got:
-            raise HepfmError(f"{where}: {key}: each entry is a name (or name: type)")
-        return got  # type: ignore[return-value]
-
-    for key, items in value.items():
-        if key == "EVENT":
-            out += [("EVENT", x) for x in names(items, f"{section}.EVENT")]
-            continue
-        if key not in event:
-            raise HepfmError(f"{where}: {section}.{key}: unknown particle; EVENT declares {', '.join(event) or 'none'}")
-        parts = items.items() if isinstance(items, dict) else []
-        if isinstance(items, list):
-            parts = []
-            for entry in items:
-                if not isinstance(entry, dict) or len(entry) != 1:
-                    raise HepfmError(f"{where}: {section}.{key}: entries are PARTICLE: [...] or <daughter>: [...]")
-                parts.append(next(iter(entry.items())))
-        for sub, sub_items in parts:
-            if sub != "PARTICLE" and sub not in event[key]:
-                raise HepfmError(f"{where}: {section}.{key}.{sub}: unknown daughter of '{key}'")
-            out += [(key, sub, x) for x in names(sub_items, f"{section}.{key}.{sub}")]
-    return out
-
-
-def load_event_info(path: Path) -> EventInfo:
-    """Parse and check a SPANet event YAML; problems are one line naming the file and key."""
-    if not path.is_file():
-        raise HepfmError(f"{path}: no such SPANet event file")
-    data, _ = read_yaml(path, "SPANet event file")
-    if not isinstance(data, dict):
-        raise HepfmError(f"{path}: a SPANet event file is a mapping with INPUTS and EVENT")
-    inputs = data.get("INPUTS")
-    if not isinstance(inputs, dict) or not isinstance(inputs.get("SEQUENTIAL"), dict) or not inputs["SEQUENTIAL"]:
-        raise HepfmError(f"{path}: INPUTS.SEQUENTIAL: missing; declare at least one sequential input")
-    sequential = {str(k): dict(v or {}) for k, v in inputs["SEQUENTIAL"].items()}
-    global_ = {str(k): dict(v or {}) for k, v in (inputs.get("GLOBAL") or {}).items()}
-    raw_event = data.get("EVENT") or {}
-    if not isinstance(raw_event, dict):
-        raise HepfmError(f"{path}: EVENT: expected a mapping of particle -> list of daughters")
-    event: dict[str, list[str]] = {}
-    for particle, daughters in raw_event.items():
-        if not isinstance(daughters, list) or not daughters:
-            raise HepfmError(f"{path}: EVENT.{particle}: expected a list of daughters")
-        names = [_item_name(d) for d in daughters]
-        if None in names or len(set(names)) != len(names):
-            raise HepfmError(f"{path}: EVENT.{particle}: daughters must be distinct names (or name: input)")
-        event[str(particle)] = [str(n) for n in names]
-    permutations = data.get("PERMUTATIONS") or {}
-    problem = permutation_problem(permutations, event)
-    if problem is not None:
-        raise HepfmError(f"{path}: {'.'.join(map(str, ('PERMUTATIONS', *problem[0])))}: {problem[1]}")
-    return EventInfo(
-        path,
-        sequential,
-        global_,
-        event,
-        dict(permutations),
-        _tree_targets("REGRESSIONS", data.get("REGRESSIONS"), event, path),
-        _tree_targets("CLASSIFICATIONS", data.get("CLASSIFICATIONS"), event, path),
-    )
-
-
-def _target_name(parts: tuple[str, ...]) -> str:
-    if parts[0] == "EVENT":
-        return parts[1]
-    if parts[1] == "PARTICLE":
-        return f"{parts[0]}/{parts[2]}"
-    return "/".join(parts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -402,7 +293,7 @@ class SpanetConverter:
                 if process is None and ds_name == "CLASSIFICATIONS/EVENT/process" and "processes" in f[ds_name].attrs:
                     process = ds_name
                     continue
-                name = _target_name(parts)
+                name = target_name(parts)
                 if name in scalars:
                     raise HepfmError(f"{path}: target '{name}' is both '{scalars[name]}' and '{ds_name}'")
                 scalars[name], kinds[name] = ds_name, kind
@@ -588,160 +479,8 @@ class SpanetConverter:
     @staticmethod
     def export_companions(out: Path) -> list[Path]:
         """The event YAML written beside the HDF5 file."""
-        return [Path(out).with_suffix(".yaml")]
-
-    @staticmethod
-    def _export_layout(store: EventStore) -> tuple[dict[str, list[str]], dict[str, tuple[str, ...]], dict]:
-        """(resonance -> daughters written as TARGETS, target -> HDF5 path parts, YAML sections).
-
-        The sections also hold ``PERMUTATIONS`` and ``sources`` (resonance -> (target, columns)):
-        per-resonance ``assignment/R`` targets, or a generator's named slots (``slot_resonances``).
-        """
-        topo = store.topology or {}
-        raw = topo.get("resonances") if isinstance(topo, dict) else None
-        resonances: dict[str, list[str]] = {}
-        for r, daughters in (raw or {}).items():
-            spec = store.targets.get(assignment_target(r))
-            if (
-                isinstance(daughters, list)
-                and all(isinstance(d, str) for d in daughters)
-                and spec is not None
-                and spec["shape"] == [len(daughters)]
-                and np.dtype(spec["dtype"]).kind in "iu"
-            ):
-                resonances[r] = daughters
-        sources = {r: (assignment_target(r), list(range(len(d)))) for r, d in resonances.items()}
-        permutations = {k: v for k, v in (topo.get("permutations") or {}).items() if k == "EVENT" or k in resonances}
-        slots_target = (topo.get("assignment") or {}).get("target", "assignment") if isinstance(topo, dict) else None
-        if not resonances and slots_target in store.targets:  # a generator's named slots of one target
-            resonances, permutations = slot_resonances(topo, list(store.processes))
-            slots = topo["assignment"]["slots"]
-            sources = {r: (slots_target, [slots.index(f"{r}_{d}") for d in ds]) for r, ds in resonances.items()}
-        where: dict[str, tuple[str, ...]] = {}
-        regressions: dict[str, Any] = {}
-        classifications: dict[str, Any] = {}
-
-        def add(section: dict, parts: tuple[str, ...]) -> None:
-            if parts[0] == "EVENT":
-                section.setdefault("EVENT", []).append(parts[1])
-            else:
-                section.setdefault(parts[0], {}).setdefault(parts[1], []).append(parts[2])
-
-        for name, spec in store.targets.items():
-            if name.startswith(ASSIGNMENT_PREFIX) and name[len(ASSIGNMENT_PREFIX) :] in resonances:
-                continue
-            kind = np.dtype(spec["dtype"]).kind
-            pieces = name.split("/")
-            scalar = spec["shape"] == [] and kind in "iubf" and pieces[-1] != "MASK"
-            parts: tuple[str, ...] | None = None
-            if scalar and len(pieces) == 1:
-                parts = ("EVENT", name)
-            elif scalar and len(pieces) == 2 and pieces[0] in resonances:
-                parts = (pieces[0], "PARTICLE", pieces[1])
-            elif scalar and len(pieces) == 3 and pieces[0] in resonances and pieces[1] in resonances[pieces[0]]:
-                parts = tuple(pieces)
-            if parts is None:
-                where[name] = ("HEPFM", "targets", *pieces)
-            elif kind == "f":
-                where[name] = ("REGRESSIONS", *parts)
-                add(regressions, parts)
-            else:
-                where[name] = ("CLASSIFICATIONS", *parts)
-                add(classifications, parts)
-
-        def as_yaml(section: dict) -> dict:
-            out: dict[str, Any] = {}
-            for key, value in section.items():
-                out[key] = value if key == "EVENT" else [{sub: names} for sub, names in value.items()]
-            return out
-
-        sections = {"REGRESSIONS": as_yaml(regressions), "CLASSIFICATIONS": as_yaml(classifications)}
-        return resonances, where, {**sections, "PERMUTATIONS": permutations, "sources": sources}
+        return export_companions(out)
 
     def export(self, store: EventStore, out: Path, advance: Callable[[int], None]) -> list[Path]:
         """Write ``store`` as SPANet HDF5 at ``out`` and its event YAML beside it, chunk by chunk."""
-        h5py = require("h5py", self.name)
-        s, n, chunk = store.schema, store.n_events, store.chunk_events
-        out = Path(out)
-        yaml_path = self.export_companions(out)[0]
-        resonances, where, sections = self._export_layout(store)
-        sources, permutations = sections.pop("sources"), sections.pop("PERMUTATIONS")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".partial")
-        tmp_yaml = yaml_path.with_name(yaml_path.name + ".partial")
-        rows = min(chunk, n)
-        try:
-            # whole chunks are written once each; HDF5's chunk cache would only hold on to them (it grows with n)
-            with h5py.File(tmp, "w", rdcc_nbytes=0) as f:
-
-                def create(name: str, shape: tuple, dtype: Any) -> Any:
-                    return f.create_dataset(
-                        name,
-                        shape=(n, *shape),
-                        dtype=dtype,
-                        chunks=(rows, *shape),
-                        compression="gzip",
-                        compression_opts=1,
-                        shuffle=True,
-                    )
-
-                big_n = s.max_objects
-                sinks: list[tuple[Any, Callable[[dict], np.ndarray]]] = []
-                sinks.append((create(f"INPUTS/{SEQUENCE}/MASK", (big_n,), bool), lambda d: d["mask"]))
-                for j, feature in enumerate(s.object_names):
-                    sinks.append(
-                        (
-                            create(f"INPUTS/{SEQUENCE}/{feature}", (big_n,), np.float32),
-                            lambda d, j=j: d["objects"][..., j],
-                        )
-                    )
-                for j, name in enumerate(s.global_names):
-                    sinks.append(
-                        (create(f"INPUTS/{GLOBALS}/{name}", (), np.float32), lambda d, j=j: d["globals"][:, j])
-                    )
-                for r, daughters in resonances.items():
-                    for k, d in enumerate(daughters):
-                        sinks.append(
-                            (
-                                create(f"TARGETS/{r}/{d}", (), np.int64),
-                                lambda x, r=r, k=k: x[f"targets/{sources[r][0]}"][:, sources[r][1][k]],
-                            )
-                        )
-                for name, parts in where.items():
-                    spec = store.targets[name]
-                    kind = np.dtype(spec["dtype"]).kind
-                    dtype = spec["dtype"] if parts[0] == "HEPFM" or kind == "f" else np.int64  # SPANet: int64 labels
-                    ds = create("/".join(parts), tuple(spec["shape"]), dtype)
-                    if name == "process":
-                        ds.attrs["processes"] = json.dumps(store.processes)
-                    sinks.append((ds, lambda x, name=name: x[f"targets/{name}"]))
-                sinks.append((create("HEPFM/weights", (), np.float32), lambda d: d["weights"]))
-                for start in range(0, n, chunk):
-                    stop = min(n, start + chunk)
-                    data = store.read(start, stop)
-                    for ds, get in sinks:
-                        ds[start:stop] = get(data)
-                    advance(stop - start)
-                f.attrs["hepfm_format"] = EXPORT_FORMAT
-                f.attrs["hepfm_schema"] = json.dumps(s.model_dump(mode="json"))
-                f.attrs["hepfm_targets"] = json.dumps(store.targets)
-                f.attrs["hepfm_topology"] = json.dumps(store.topology)
-                f.attrs["hepfm_source"] = str(store.path)
-            event = {
-                "INPUTS": {
-                    "SEQUENTIAL": {SEQUENCE: {x.name: _NORMS[x.norm] for x in s.object_features}},
-                    "GLOBAL": {GLOBALS: {x.name: _NORMS[x.norm] for x in s.global_features}},
-                },
-                "EVENT": {r: list(d) for r, d in resonances.items()},
-                "PERMUTATIONS": permutations,
-                **{k: v for k, v in sections.items() if v},
-            }
-            header = f"# SPANet event file written by hepfm export from {store.path}\n"
-            tmp_yaml.write_text(header + yaml.safe_dump(event, sort_keys=False))
-            os.replace(tmp_yaml, yaml_path)
-            os.replace(tmp, out)
-        except BaseException:
-            for path in (tmp, tmp_yaml):
-                path.unlink(missing_ok=True)
-            raise
-        return [out, yaml_path]
+        return export_spanet(store, out, advance, self.name)

@@ -171,7 +171,6 @@ def dimuon_processes(pthat_min: float) -> dict[str, ProcessSpec]:
     }
 
 
-
 # ------------------------------------------------------------------------------------------------
 # X -> Y H heavy-resonance search (issue 17): X = Pythia's H2 (id 35) from gluon fusion, forced to
 # Y H with Y = Pythia's A3 (id 36) and H = h(125) (id 25), both -> b bbar; on a grid of (m_X, m_Y)

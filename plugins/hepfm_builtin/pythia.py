@@ -43,6 +43,40 @@ def _import_backends() -> tuple[Any, Any]:
     return pythia8mc, fastjet
 
 
+#: Truth-pair masses ``hepfm inspect --plots`` draws (validation/NAME.png): per figure, its title, the slot groups
+#: (one object group per resonance), the x range in GeV, and a reference value (0: none) with its label.
+TRUTH_MASSES: dict[str, dict[str, Any]] = {
+    "mass_w_jj": {
+        "title": "$m_{jj}$, truth $W \\to q\\bar{q}'$ jets",
+        "groups": [["t_q1", "t_q2"], ["tbar_q1", "tbar_q2"]],
+        "range": [0, 200],
+        "reference": 80.4,
+        "reference_label": "$m_W$",
+    },
+    "mass_top_bjj": {
+        "title": "$m_{bjj}$, truth hadronic-top jets",
+        "groups": [["t_b", "t_q1", "t_q2"], ["tbar_b", "tbar_q1", "tbar_q2"]],
+        "range": [0, 350],
+        "reference": 172.5,
+        "reference_label": "$m_t$",
+    },
+    "mass_lb": {
+        "title": "$m_{\\ell b}$, truth $b$ and lepton of one top",
+        "groups": [["t_b", "t_l"], ["tbar_b", "tbar_l"]],
+        "range": [0, 250],
+        "reference": 153.0,
+        "reference_label": "endpoint ($m_t^2 - m_W^2)^{1/2}$",
+    },
+    "mass_a_bb": {
+        "title": "$m_{bb}$, truth $b$ jets of one $a$ ($H \\to aa$)",
+        "groups": [["a1_b1", "a1_b2"], ["a2_b1", "a2_b2"]],
+        "range": [0, 120],
+        "reference": 0,
+        "reference_label": "",
+    },
+}
+
+
 def topology() -> dict[str, Any]:
     """Decay topology of the assignment and segmentation targets, with their symmetries."""
     return {
@@ -91,6 +125,7 @@ def topology() -> dict[str, Any]:
                 **{f"haa_4b_ma{m}": [["a1_b1", "a1_b2", "a2_b1", "a2_b2"]] for m in A_MASSES},
             },
             "process_slots_note": "the slots a process fills (one list per decay alternative); all >= 0: matchable",
+            "truth_masses": TRUTH_MASSES,
         },
         "segmentation": {
             "target": "segment",
