@@ -19,13 +19,14 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
+from ._anomaly_backbone import compare_anomaly
 from ._bumpfit import bump_fit
 from ._errors import HepfmError, describe_validation_error
 from ._files import write_json
@@ -38,6 +39,8 @@ __all__ = [
     "AnomalyResult",
     "BackgroundModel",
     "DIMUON_FEATURES",
+    "PAIR_FEATURES",
+    "compare_anomaly",
     "dimuon_features",
     "load_anomaly_config",
     "run_anomaly",
@@ -47,10 +50,26 @@ __all__ = [
 
 #: High-level features of a dimuon event computed by ``dimuon_features`` (besides the mass).
 DIMUON_FEATURES = ("pt_mumu", "abs_y_mumu", "delta_eta_mumu", "pt_balance", "n_jet", "lead_jet_pt", "met")
+#: The features of the muon pair alone (what ``generative.model: backbone`` generates them from).
+PAIR_FEATURES = DIMUON_FEATURES[:4]
 
 
 class GenerativeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    model: Literal["mlp", "backbone"] = Field(
+        "mlp",
+        description="mlp: an MLP denoiser of the features; backbone: hepfm's transformer backbone denoises the "
+        "muon pair (hepfm._anomaly_backbone)",
+    )
+    init: str | None = Field(
+        None, description="backbone: pretrained run folder, checkpoint or model folder; None: random weights"
+    )
+    from_scratch: bool = Field(
+        False, description="backbone with init: the init's architecture and normaliser, random weights"
+    )
+    preset: Literal["tiny", "small", "lite", "standard"] = Field(
+        "tiny", description="backbone sizes without init (normalised with the store's statistics)"
+    )
     hidden: int = Field(128, ge=8, description="width of the denoiser MLP")
     epochs: int = Field(60, ge=1)
     batch_size: int = Field(256, ge=8)
@@ -99,6 +118,12 @@ class AnomalyConfig(BaseModel):
         unknown = [f for f in self.features if f not in DIMUON_FEATURES]
         if self.stores and unknown:
             raise ValueError(f"features {unknown} unknown; dimuon features: {', '.join(DIMUON_FEATURES)}")
+        other = [f for f in self.features if f not in PAIR_FEATURES]
+        if self.generative.model == "backbone" and other:
+            raise ValueError(
+                f"generative.model backbone generates the muon pair: features {other} are not among its "
+                f"features {', '.join(PAIR_FEATURES)}"
+            )
 
 
 def load_anomaly_config(path: str | os.PathLike, overrides: list[str] | None = None) -> AnomalyConfig:
@@ -120,19 +145,38 @@ def load_anomaly_config(path: str | os.PathLike, overrides: list[str] | None = N
 # --------------------------------------------------------------------------------------------
 # features of dimuon events
 # --------------------------------------------------------------------------------------------
-def dimuon_features(stores: list[str | os.PathLike]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """m(mu mu) [n], the ``DIMUON_FEATURES`` [n, 7] and the process label [n] of events with an OS pair.
+def pair_features(schema, plus: np.ndarray, minus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """m(mu mu) [n] and the ``PAIR_FEATURES`` [n, 4] of two objects' rows [n, F] (raw, in ``schema``)."""
+    from .physics import four_vectors, mass
+
+    pair = four_vectors(schema, plus) + four_vectors(schema, minus)  # [n, 4] (px, py, pz, E)
+    pt = np.hypot(pair[:, 0], pair[:, 1])
+    y = 0.5 * np.log((pair[:, 3] + pair[:, 2]) / np.maximum(pair[:, 3] - pair[:, 2], 1e-9))
+    eta, pts = schema.index("eta"), schema.index("pt")
+    pt_p, pt_m = plus[:, pts], minus[:, pts]
+    feats = [pt, np.abs(y), np.abs(plus[:, eta] - minus[:, eta]), np.abs(pt_p - pt_m) / (pt_p + pt_m)]
+    return mass(pair), np.stack(feats, 1)
+
+
+def dimuon_events(stores: list[str | os.PathLike]) -> dict[str, Any]:
+    """Events with an OS lepton pair: ``dimuon_features``' arrays, the pair's rows [n, 2, F] (mu+, mu-),
+    and the first store's ``schema`` and normalisation ``stats``.
 
     The pair is the leading positive and the leading negative lepton (the dimuon trigger of the
     ``pythia`` processes guarantees one of each).
     """
-    from .physics import four_vectors, jet_multiplicity, leading_leptons, mass
+    from .physics import jet_multiplicity, leading_leptons
     from .store import EventStore
 
-    masses, feats, labels = [], [], []
+    masses, feats, labels, pairs = [], [], [], []
+    schema = stats = None
     for path in stores:
         store = EventStore.open(path)
         s = store.schema
+        if schema is None:
+            schema, stats = s, store.stats
+        elif s.differences(schema):
+            raise HepfmError(f"{path}: schema differs from {stores[0]}'s: {'; '.join(s.differences(schema))}")
         has_process = "process" in store.targets
         names = ["objects", "mask", "globals"] + (["targets/process"] if has_process else [])
         for chunk in store.iter_chunks(names):
@@ -140,42 +184,40 @@ def dimuon_features(stores: list[str | os.PathLike]) -> tuple[np.ndarray, np.nda
             ip, im = leading_leptons(s, obj, mask)
             ok = (ip >= 0) & (im >= 0)
             r = np.arange(len(obj))[ok]
-            p4 = four_vectors(s, obj)
-            lp, lm = p4[r, ip[ok]], p4[r, im[ok]]
-            pair = lp + lm
-            pt = np.hypot(pair[:, 0], pair[:, 1])
-            y = 0.5 * np.log((pair[:, 3] + pair[:, 2]) / np.maximum(pair[:, 3] - pair[:, 2], 1e-9))
+            plus, minus = obj[r, ip[ok]], obj[r, im[ok]]
+            m, pair = pair_features(s, plus, minus)
             f = s.object_names
-            eta = obj[..., f.index("eta")]
             pts = obj[..., f.index("pt")]
-            lep = obj[..., f.index("is_lepton")] > 0.5
-            jets = mask & ~lep
+            jets = mask & ~(obj[..., f.index("is_lepton")] > 0.5)
             lead_jet = np.where(jets, pts, 0.0).max(1)
             g = s.global_names
             met = chunk["globals"][:, g.index("met")] if "met" in g else np.zeros(len(obj))
-            pt_p, pt_m = pts[r, ip[ok]], pts[r, im[ok]]
-            feats.append(
-                np.stack(
-                    [
-                        pt,
-                        np.abs(y),
-                        np.abs(eta[r, ip[ok]] - eta[r, im[ok]]),
-                        np.abs(pt_p - pt_m) / (pt_p + pt_m),
-                        jet_multiplicity(s, obj, mask)[ok],
-                        lead_jet[ok],
-                        met[ok],
-                    ],
-                    1,
-                )
-            )
-            masses.append(mass(pair))
+            feats.append(np.column_stack([pair, jet_multiplicity(s, obj, mask)[ok], lead_jet[ok], met[ok]]))
+            masses.append(m)
+            pairs.append(np.stack([plus, minus], 1))
             if has_process:
                 names_of = np.array(store.processes, dtype=object)
                 labels.append(names_of[chunk["targets/process"][ok].astype(np.int64)])
             else:
                 labels.append(np.full(int(ok.sum()), "", dtype=object))
-    mass_all = np.concatenate(masses)
-    return mass_all, np.concatenate(feats).astype(np.float64), np.concatenate(labels)
+    return {
+        "mass": np.concatenate(masses),
+        "features": np.concatenate(feats).astype(np.float64),
+        "process": np.concatenate(labels),
+        "pairs": np.concatenate(pairs).astype(np.float32),
+        "schema": schema,
+        "stats": stats,
+    }
+
+
+def dimuon_features(stores: list[str | os.PathLike]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """m(mu mu) [n], the ``DIMUON_FEATURES`` [n, 7] and the process label [n] of events with an OS pair.
+
+    The pair is the leading positive and the leading negative lepton (the dimuon trigger of the
+    ``pythia`` processes guarantees one of each).
+    """
+    events = dimuon_events(stores)
+    return events["mass"], events["features"], events["process"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,7 +381,8 @@ def run_anomaly(
         config: Regions and model settings.
         out: Folder for ``metrics.json`` and the plots (nothing written when None).
         is_signal: Truth labels, only to report efficiencies (never used by the search).
-        background_model: A model already trained on these sidebands (skips training).
+        background_model: A model already trained on these sidebands (skips training): a
+            ``BackgroundModel`` or anything with its ``sample(mass, seed)``.
     """
     lo, hi = config.fit_range
     a, b = config.signal_region
@@ -405,13 +448,32 @@ def search_stores(
     config: AnomalyConfig, out: str | os.PathLike | None = None, stores: list[str] | None = None
 ) -> AnomalyResult:
     """The search on dimuon event stores (``config.stores`` unless ``stores`` is given): ``hepfm anomaly``."""
+    return search_events(read_stores(config, stores), config, out)
+
+
+def read_stores(config: AnomalyConfig, stores: list[str] | None = None) -> dict[str, Any]:
+    """``dimuon_events`` of ``stores`` (default: the config's), refused in one line when there are none."""
     paths = stores or config.stores
     if not paths:
         raise HepfmError(f"anomaly '{config.name}': no event stores (key 'stores' or --store)")
-    mass, feats, process = dimuon_features(paths)
+    return dimuon_events(paths)
+
+
+def search_events(events: dict[str, Any], config: AnomalyConfig, out: str | os.PathLike | None = None) -> AnomalyResult:
+    """The search on ``dimuon_events``' arrays, with the background model ``config.generative`` names."""
     cols = [DIMUON_FEATURES.index(f) for f in config.features]
+    process, mass = events["process"], events["mass"]
     truth = np.isin(process, config.signal_processes) if config.signal_processes else None
-    result, _ = run_anomaly(mass, feats[:, cols], config, out, is_signal=truth)
+    model = None
+    if config.generative.model == "backbone":
+        from ._anomaly_backbone import BackboneBackground
+
+        lo, hi = config.fit_range
+        a, b = config.signal_region
+        sb = (mass > lo) & (mass < hi) & ~((mass > a) & (mass < b))  # as run_anomaly splits them
+        model = BackboneBackground(config.generative, events["schema"], events["stats"], config.features, config.seed)
+        model.fit(events["pairs"][sb], mass[sb])
+    result, _ = run_anomaly(mass, events["features"][:, cols], config, out, is_signal=truth, background_model=model)
     return result
 
 
