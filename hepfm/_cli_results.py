@@ -177,13 +177,27 @@ def anomaly(
     config: Annotated[Path, typer.Argument(help="anomaly search YAML, e.g. tasks/anomaly/dimuon_ad.yaml")],
     store: Annotated[list[str] | None, typer.Option(help="event store (repeat; default: the config's stores)")] = None,
     out: Annotated[Path, typer.Option(help="output folder: metrics.json and spectrum_fit.png")] = Path("runs/anomaly"),
+    pretrained: Annotated[
+        Path | None, typer.Option(help="pretrained run: the background model fine-tunes its backbone")
+    ] = None,
+    compare: Annotated[
+        bool, typer.Option("--compare", help="pretrained vs scratch vs the plain bump hunt over --seeds")
+    ] = False,
+    seeds: Annotated[int, typer.Option(help="seeds per backbone arm of --compare", min=1, max=MAX_SEEDS)] = 3,
     set_: SetOpt = None,
 ) -> None:
     """Weakly supervised resonant anomaly search (CATHODE-style) with a bump fit; see docs/anomaly.md."""
-    from .anomaly import load_anomaly_config, search_stores
+    from .anomaly import compare_anomaly, load_anomaly_config, search_stores
 
-    cfg = load_anomaly_config(config, set_)
+    if compare and pretrained is None:
+        raise HepfmError("--compare needs --pretrained RUN (the pretrained arm of the comparison)")
+    cfg = load_anomaly_config(config, set_, pretrained)
     err_console.print(f"anomaly search '{cfg.name}' on {', '.join(store or cfg.stores)}", markup=False)
+    if compare:
+        r = compare_anomaly(cfg, pretrained, seeds, out, store)
+        console.print(r["table"].read_text(), markup=False)
+        console.print(f"wrote {r['table']}, {out / 'comparison.json'} and one folder per search in {out}", markup=False)
+        return
     r = search_stores(cfg, out, store)
     console.print(
         f"Z before the cut {r.z_before:.2f}, after {r.z_after:.2f} (fitted mean {r.mean_after:.3f}, "

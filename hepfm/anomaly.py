@@ -126,14 +126,25 @@ class AnomalyConfig(BaseModel):
             )
 
 
-def load_anomaly_config(path: str | os.PathLike, overrides: list[str] | None = None) -> AnomalyConfig:
-    """Read and validate an anomaly YAML, with ``key.path=value`` overrides (one error line when bad)."""
+def load_anomaly_config(
+    path: str | os.PathLike, overrides: list[str] | None = None, pretrained: str | os.PathLike | None = None
+) -> AnomalyConfig:
+    """Read and validate an anomaly YAML, with ``key.path=value`` overrides (one error line when bad).
+
+    ``pretrained`` (a run folder, checkpoint or model folder) sets ``generative.model: backbone``
+    and ``generative.init``.
+    """
+    from ._anomaly_backbone import check_pretrained
     from .tasks import apply_overrides
 
+    check_pretrained(pretrained)
     data, _ = read_yaml(path, "anomaly config")
     if not isinstance(data, dict):
         raise HepfmError(f"{path}: an anomaly config must be a mapping")
     data = apply_overrides(data, overrides or [])
+    if pretrained is not None:
+        gen = data.get("generative") if isinstance(data.get("generative"), dict) else {}
+        data["generative"] = {**gen, "model": "backbone", "init": str(pretrained)}
     try:
         return AnomalyConfig.model_validate(data)
     except ValidationError as exc:
