@@ -170,11 +170,12 @@ def pair_features(schema, plus: np.ndarray, minus: np.ndarray) -> tuple[np.ndarr
 
 
 def dimuon_events(stores: list[str | os.PathLike]) -> dict[str, Any]:
-    """Events with an OS lepton pair: ``dimuon_features``' arrays, the pair's rows [n, 2, F] (mu+, mu-),
-    and the first store's ``schema`` and normalisation ``stats``.
+    """Events with an OS lepton pair: ``dimuon_features``' arrays, the pair's rows, schema and stats.
 
-    The pair is the leading positive and the leading negative lepton (the dimuon trigger of the
-    ``pythia`` processes guarantees one of each).
+    Keys: ``mass`` [n], ``features`` [n, 7], ``process`` [n], ``pairs`` [n, 2, F] (raw rows of mu+
+    and mu-), and the first store's ``schema`` and normalisation ``stats``. The pair is the
+    leading positive and the leading negative lepton (the dimuon trigger of the ``pythia``
+    processes guarantees one of each).
     """
     from .physics import jet_multiplicity, leading_leptons
     from .store import EventStore
