@@ -3,7 +3,10 @@
 1. Split events by the resonance mass ``m`` into a signal region (SR) and sidebands (SB).
 2. A conditional diffusion model (v-prediction, cosine schedule, DDIM sampler: the machinery of
    hepfm's generative heads, ``hepfm.model.diffusion``) learns p(features | m) of the sideband
-   events, which are background, and samples it at the masses of the signal-region events.
+   events, which are background, and samples it at the masses of the signal-region events. Its
+   denoiser is an MLP of the features (``generative.model: mlp``) or hepfm's transformer backbone,
+   pretrained or not, generating the muon pair (``backbone``: ``hepfm._anomaly_backbone``, which
+   also holds ``compare_anomaly``, pretrained vs scratch).
 3. A classifier (gradient-boosted trees, k-fold so that every event is scored by a model that
    never saw it) separates signal-region data from these samples: where the data hold a signal
    the classifier finds it, where they do not it learns nothing.
@@ -26,7 +29,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from ._anomaly_backbone import compare_anomaly
+from ._anomaly_backbone import BackboneBackground, compare_anomaly
 from ._bumpfit import bump_fit
 from ._errors import HepfmError, describe_validation_error
 from ._files import write_json
@@ -37,13 +40,18 @@ from .model.diffusion import alpha_sigma, ddim_sample, noise, time_embedding
 __all__ = [
     "AnomalyConfig",
     "AnomalyResult",
+    "BackboneBackground",
     "BackgroundModel",
     "DIMUON_FEATURES",
     "PAIR_FEATURES",
     "compare_anomaly",
+    "dimuon_events",
     "dimuon_features",
     "load_anomaly_config",
+    "pair_features",
+    "read_stores",
     "run_anomaly",
+    "search_events",
     "search_stores",
     "toy_events",
 ]
@@ -383,8 +391,8 @@ def run_anomaly(
     config: AnomalyConfig,
     out: str | os.PathLike | None = None,
     is_signal: np.ndarray | None = None,
-    background_model: BackgroundModel | None = None,
-) -> tuple[AnomalyResult, BackgroundModel]:
+    background_model: BackgroundModel | BackboneBackground | None = None,
+) -> tuple[AnomalyResult, BackgroundModel | BackboneBackground]:
     """Run the search on events (masses [n], features [n, F]); write metrics and plots under ``out``.
 
     Args:
@@ -478,8 +486,6 @@ def search_events(events: dict[str, Any], config: AnomalyConfig, out: str | os.P
     truth = np.isin(process, config.signal_processes) if config.signal_processes else None
     model = None
     if config.generative.model == "backbone":
-        from ._anomaly_backbone import BackboneBackground
-
         lo, hi = config.fit_range
         a, b = config.signal_region
         sb = (mass > lo) & (mass < hi) & ~((mass > a) & (mass < b))  # as run_anomaly splits them
