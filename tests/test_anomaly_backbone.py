@@ -121,3 +121,22 @@ def test_pretrained_option_errors_in_one_line(tmp_path, cli):
     # the seven-feature config: the backbone generates the pair, so 'met' and the jets are refused
     r = cli("anomaly", ROOT / "tasks" / "anomaly" / "dimuon_ad.yaml", "--pretrained", tmp_path)
     assert_one_line_error(r, "dimuon_ad.yaml", "met")
+
+
+def test_compare_command_on_pythia_dimuon_events(pretrained, tmp_path, cli):
+    pytest.importorskip("pythia8mc")
+    pytest.importorskip("fastjet")
+    run, _ = pretrained
+    store = tmp_path / "dimuon.zarr"
+    args = ["dimuon_continuum=0.9", "upsilon_mumu=0.1", "--events", 600, "--fast", "--out", store]
+    r = cli("generate", *args)
+    assert r.exit_code == 0, r.stdout + r.stderr
+    out = tmp_path / "cmp"
+    fast = [f"generative.{k}={v}" for k, v in FAST.items() if k != "model"]
+    sets = [x for s in [*fast, "classifier.folds=2", "bins=30"] for x in ("--set", s)]
+    r = cli("anomaly", CONFIG, "--compare", "--pretrained", run, "--seeds", 1, "--store", store, "--out", out, *sets)
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert "| pretrained |" in r.stdout and "| scratch |" in r.stdout and "| bump_hunt |" in r.stdout
+    saved = json.loads((out / "comparison.json").read_text())
+    assert saved["seeds"] == 1 and saved["modes"]["pretrained"]["runs"][0]["seed"] == 0
+    assert (out / "scratch_seed0" / "spectrum_fit.png").is_file()
