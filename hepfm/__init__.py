@@ -14,6 +14,7 @@ from ._selection import Selection, SelectionError
 from ._task_files import shipped_tasks, task_file
 from .dataset import EventDataset, open_data  # noqa: I001 (after store: it builds on it)
 from .hookspecs import hookimpl
+from .run import Run
 from .schema import Batch, EventBlock, EventSchema, Feature, FeatureStats, Normaliser, compute_globals
 from .store import EventLoader, EventStore, SplitSpec, StoreWriter
 
@@ -44,6 +45,7 @@ __all__ = [
     "Selection",
     "SelectionError",
     "load_model",
+    "Run",
     "export_model_folder",
     "store_awkward",
     "latents_awkward",
