@@ -109,7 +109,14 @@ class Run:
         return {p.stem: p for p in sorted(files, key=order)}
 
     def checkpoint(self, which: str = "best") -> Path:
-        """The checkpoint file of a run folder (``best`` falls back to ``last``), or the file itself."""
+        """The checkpoint file of a run folder (``best`` falls back to ``last``; or ``step-N``), or the file itself."""
+        if which.startswith("step-") and self.path.is_dir():
+            path = self.checkpoint_path(which)
+            if not path.is_file():
+                raise HepfmError(
+                    f"{self.path}: no checkpoint checkpoints/{which}.safetensors (has {list(self.checkpoints())})"
+                )
+            return path
         return find_checkpoint(self.path, which)
 
     # ---------------------------------------------------------------------------------------
