@@ -162,21 +162,21 @@ def param_groups(model: torch.nn.Module, lr: float, backbone_lr_scale: float, we
     return groups
 
 
-def check_group_layout(state: dict[str, Any], optimizer: torch.optim.Optimizer, where: str) -> None:
+def check_group_layout(state: dict[str, Any], optimizer: torch.optim.Optimizer | None, where: str) -> None:
     """Refuse, in one line, optimizer state whose parameter groups are not the optimizer's (by name and size).
 
     Checkpoints of hepfm before the weight-decay groups (two unnamed groups, decay on every parameter)
-    are refused: their moments cannot be mapped onto the new groups exactly.
+    are refused: their moments cannot be mapped onto the new groups exactly. With ``optimizer=None``
+    only that is checked.
     """
     theirs = [(g.get("name"), len(g["params"])) for g in state["param_groups"]]
-    mine = [(g["name"], len(g["params"])) for g in optimizer.param_groups]
-    if theirs == mine:
-        return
     if any(name is None for name, _ in theirs):
         raise HepfmError(
             f"{where}: its optimizer state has the parameter groups of an older hepfm (weight decay on every "
             "parameter), which --resume cannot continue exactly; fine-tune from it (init.checkpoint) or train anew"
         )
-    raise HepfmError(
-        f"{where}: its optimizer groups {theirs} are not this model's {mine}; resume with the run's own task"
-    )
+    mine = [(g["name"], len(g["params"])) for g in optimizer.param_groups] if optimizer is not None else theirs
+    if theirs != mine:
+        raise HepfmError(
+            f"{where}: its optimizer groups {theirs} are not this model's {mine}; resume with the run's own task"
+        )

@@ -130,9 +130,9 @@ def _validate(
     return {k: v / max(n, 1) for k, v in sums.items()}
 
 
-def _check_resumable(out: Path, task: Task, ckpt: dict[str, Any], mine: dict[str, Any]) -> None:
-    """Refuse ``--resume`` with another task, preset, heads or data layout than the run's, or from NaN weights."""
-    previous = out / "task.yaml"
+def _check_resumable(run: Run, task: Task, ckpt: dict[str, Any], mine: dict[str, Any]) -> None:
+    """Refuse ``--resume`` with another task, model or data layout, NaN weights or old optimizer state."""
+    out, previous = run.path, run.task_file
     if previous.is_file():
         data = read_yaml(previous, "task file")[0]
         name = data.get("name") if isinstance(data, dict) else None
@@ -151,9 +151,11 @@ def _check_resumable(out: Path, task: Task, ckpt: dict[str, Any], mine: dict[str
             f"{out}: --resume with another model than the run's: config '{key}': {what}; "
             "resume with the run's own task and preset, or choose another --out"
         )
-    where = str(out / "checkpoints" / "last.safetensors")
+    where = str(run.checkpoint_path("last"))
     check_finite(ckpt["model"], where, "model/")
     check_finite(ckpt.get("ema") or {}, where, "ema/")
+    if ckpt["optimizer"] is not None:
+        check_group_layout(ckpt["optimizer"], None, where)
 
 
 def _model_card(run: Path, task: Task, config: dict[str, Any], result: dict[str, Any]) -> str:
@@ -297,7 +299,7 @@ class _Trainer:
         if not self.resuming:
             return None
         ckpt = load_checkpoint(self.run.checkpoint_path("last"))
-        _check_resumable(self.run.path, self.task, ckpt, self.config.to_dict())
+        _check_resumable(self.run, self.task, ckpt, self.config.to_dict())
         return ckpt
 
     def resume(self, ckpt: dict[str, Any]) -> None:
