@@ -96,8 +96,8 @@ def tiny_run(tmp_path_factory):
 def test_exported_model_folder_reloads_with_the_same_outputs_and_seeds_a_fine_tune(tiny_run, tmp_path, cli):
     import hepfm
     from hepfm import EventLoader, EventStore
-    from hepfm.tasks import load_task
     from hepfm.run import ModelConfig
+    from hepfm.tasks import load_task
     from hepfm.train import init_architecture, init_from
 
     run, store = tiny_run
