@@ -174,6 +174,18 @@ def test_device_is_checked_in_one_line(tiny_run):
         evaluate(path, device="cuda")
     with pytest.raises(HepfmError, match="no CUDA GPU"):
         embed(path, store.path, path.parent / "latents.zarr", device="cuda")
+    from typer.testing import CliRunner
+
+    from hepfm.cli import app
+
+    for argv in (
+        ["evaluate", str(path), "--device", "cuda"],
+        ["embed", str(path), "--data", str(store.path), "--out", str(path.parent / "lat.zarr"), "--device", "cuda"],
+        ["predict", str(path), "--data", str(store.path), "--out", str(path.parent / "p.parquet"), "--device", "cuda"],
+    ):
+        result = CliRunner().invoke(app, argv)
+        assert result.exit_code != 0 and "no CUDA GPU" in result.output and "Traceback" not in result.output, argv
+        assert not (path.parent / "lat.zarr").exists() and not (path.parent / "p.parquet").exists()
 
 
 def test_resume_refuses_the_old_optimizer_layout(tiny_run, tmp_path):
