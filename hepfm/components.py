@@ -140,11 +140,11 @@ class Converter(Protocol):
     """A dataset that reads foreign files (``hepfm convert --format NAME``), streaming.
 
     Built as ``cls(params, schema)``; ``params`` is its ``Params`` validated from the ``--map``
-    YAML. It may raise ``hepfm.convert.MappingError(loc, message)`` for a parameter that cannot
+    YAML. It may raise ``hepfm.sdk.MappingError(loc, message)`` for a parameter that cannot
     work, and the driver names the mapping file, line and key.
 
     ``describe(path)`` opens one input cheaply (metadata only), checks that every field the params
-    name exists with consistent lengths, and returns a ``hepfm.convert.SourceInfo``: the events it
+    name exists with consistent lengths, and returns a ``hepfm.sdk.SourceInfo``: the events it
     will yield and the targets (name -> {"dtype", "shape"}), process names and topology its blocks
     carry. The driver calls it for every input before writing anything.
 
