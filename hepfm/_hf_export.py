@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 from safetensors.torch import save_file
 
+from ._errors import HepfmError
 from ._outputs import acquire_lock, prepare_output, release_lock
 from ._yaml import read_yaml
 from .checkpoint import checkpoint_weights, find_checkpoint, load_checkpoint
@@ -118,6 +119,17 @@ def _read_json(file: Path) -> dict[str, Any]:
         return {}
 
 
+def _declared_sources(run: Path) -> Any:
+    """Where the run's events came from, as its dataset plugin declares (None when the task cannot say)."""
+    from .run import Run, dataset_sources
+
+    try:
+        task = Run(run).task
+    except (HepfmError, ValueError):
+        return None
+    return dataset_sources(task) if task is not None else None
+
+
 def model_card(run: Path, config: dict[str, Any], n_params: int) -> str:
     """README.md of a model folder: YAML metadata, then what the model is, its data, compute and evaluation."""
     model = config["model"]
@@ -127,7 +139,7 @@ def model_card(run: Path, config: dict[str, Any], n_params: int) -> str:
         task = data if isinstance(data, dict) else {}
     summary = _read_json(run / "train_summary.json")
     evaluation = _read_json(run / "eval" / "metrics.json")
-    data = (task.get("dataset") or {}).get("params", {}).get("path")
+    data = _declared_sources(run)
     meta = {
         "library_name": "hepfm",
         "license": "apache-2.0",
