@@ -16,6 +16,7 @@ from .batch import Batch, EventBlock
 from .hookspecs import hookimpl
 from .normaliser import Normaliser
 from .physics import compute_globals
+from .run import Run
 from .schema import EventSchema, Feature, FeatureStats
 from .store import EventDataset, EventLoader, EventStore, SplitSpec, StoreWriter, open_data
 
@@ -46,6 +47,7 @@ __all__ = [
     "Selection",
     "SelectionError",
     "load_model",
+    "Run",
     "export_model_folder",
     "store_awkward",
     "latents_awkward",

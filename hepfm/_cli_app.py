@@ -54,6 +54,7 @@ class WeightsName(enum.StrEnum):
 
 
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a task key, e.g. train.max_steps=30")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="where the model runs: cpu | cuda | cuda:N")]
 
 
 def _command(fn):

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ._cli_app import SetOpt, SplitName, WandbProjectOpt, WeightsName, Which, _resolve, command
+from ._cli_app import DeviceOpt, SetOpt, SplitName, WandbProjectOpt, WeightsName, Which, _resolve, command
 from ._errors import HepfmError
 from ._files import write_json
 from ._limits import MAX_BATCH, MAX_EPOCHS, MAX_EVENTS, MAX_SEED, MAX_SEEDS
@@ -30,12 +30,13 @@ def embed(
     select: Annotated[
         list[str] | None, typer.Option("--select", help="a cut, e.g. 'n_jet >= 4' (repeat: ANDed); only passing events")
     ] = None,
+    device: DeviceOpt = "cpu",
 ) -> None:
     """Write frozen per-object and per-event latents (EMA weights) to a Zarr store."""
     from .embed import embed as run_embed
 
     err_console.print(f"embed {' '.join(data)} with {run} -> {out}" + (f" (PCA {pca})" if pca else ""), markup=False)
-    r = run_embed(run, data, out, pca=pca, batch_size=batch_size, overwrite=overwrite, selection=select)
+    r = run_embed(run, data, out, pca=pca, batch_size=batch_size, overwrite=overwrite, selection=select, device=device)
     extra = f"; PCA keeps {100 * r.pca_explained:.1f}% of the object-latent variance" if r.pca_explained else ""
     console.print(f"wrote latents of {r.n_events} events ({r.latent_dim} dims) to {r.path}{extra}", markup=False)
 
@@ -115,6 +116,7 @@ def evaluate(
         "disabled"
     ),
     wandb_project: WandbProjectOpt = None,
+    device: DeviceOpt = "cpu",
 ) -> None:
     """Evaluate a run with its task's metrics on a store; print the headline; write summary.md, metrics.json, plots."""
     from .evaluate import evaluate as run_evaluate
@@ -132,6 +134,7 @@ def evaluate(
         max_events=max_events,
         seed=seed,
         bootstrap_resamples=bootstrap,
+        device=device,
     )
     from .evaluate import headline_rows
 
@@ -161,11 +164,14 @@ def predict(
     weights: Annotated[str | None, typer.Option(help="ema | raw (default: those the run selected on)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing output file")] = False,
     seed: Annotated[int, typer.Option(help="seed of generative heads' sampling")] = 0,
+    device: DeviceOpt = "cpu",
 ) -> None:
     """Write per-event predictions (one row per input event, in input order) next to the events."""
     from .predict import predict as run_predict
 
-    res = run_predict(run, data, out, batch_size=batch_size, weights=weights, overwrite=overwrite, seed=seed)
+    res = run_predict(
+        run, data, out, batch_size=batch_size, weights=weights, overwrite=overwrite, seed=seed, device=device
+    )
     console.print(
         f"wrote {res.n_events} rows, {len(res.columns)} columns to {res.path} ({res.events_per_s:,.0f} events/s)",
         highlight=False,

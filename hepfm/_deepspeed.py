@@ -1,7 +1,8 @@
 """The ``deepspeed`` training engine: data parallel over processes, ZeRO stages 0-2, CPU or GPU.
 
-Chosen with ``train.engine: deepspeed``; ``hepfm.train.make_engine`` builds it. It implements the
-same seam as ``hepfm.train.LocalEngine``, so the training loop does not change: the loop computes
+Chosen with ``train.engine: deepspeed``; ``hepfm._engine.make_engine`` builds it, as it builds
+``hepfm._engine.LocalEngine``: ``cls(model, optimizer, train_spec)``. It implements the same
+``hepfm._engine.Engine`` protocol, so the training loop does not change: the loop computes
 the loss with the plain module (``model.loss``), and ``step(loss)`` runs DeepSpeed's backward (which
 averages the gradients over the ranks), gradient clipping (DeepSpeed's ``gradient_clipping``) and the
 optimizer step.
@@ -128,7 +129,7 @@ def deepspeed_config(spec: TrainSpec, world_size: int) -> dict[str, Any]:
 
 
 class DeepSpeedEngine:
-    """Data-parallel training through DeepSpeed, behind the trainer's engine seam.
+    """Data-parallel training through DeepSpeed, behind the trainer's ``Engine`` protocol.
 
     Args:
         model: The plain ``EventModel`` (DeepSpeed wraps it; the trainer keeps calling the module).

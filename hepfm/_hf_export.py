@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ._errors import HepfmError
 from ._outputs import acquire_lock, prepare_output, release_lock
 from ._yaml import read_yaml
-from .checkpoint import build_model, checkpoint_weights, find_checkpoint, load_checkpoint
+from .checkpoint import checkpoint_weights, find_checkpoint, load_checkpoint
 
 __all__ = ["MODEL_FORMAT", "export_model_folder", "is_model_folder", "load_pretrained", "load_model"]
 
@@ -42,35 +41,15 @@ def is_model_folder(path: str | os.PathLike) -> bool:
 def load_pretrained(source: str | os.PathLike, which: str = "best") -> tuple[Path, dict[str, Any]]:
     """A run folder, checkpoint file or model folder as ``load_checkpoint`` returns it, and the file read.
 
-    A model folder has only its exported weights: they serve as both ``ema`` and ``raw``.
+    A model folder has only its exported weights: they serve as both ``ema`` and ``raw``
+    (``hepfm.Run.load_checkpoint``).
     """
-    source = Path(source)
-    if not is_model_folder(source):
-        path = find_checkpoint(source, which)
-        return path, load_checkpoint(path)
-    file = source / "config.json"
-    try:
-        config = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise HepfmError(f"{file}: not a readable model config ({exc})") from None
-    if config.get("format") != MODEL_FORMAT:
-        raise HepfmError(f"{file}: key 'format' is {config.get('format')!r}, this hepfm reads {MODEL_FORMAT!r}")
-    weights = source / "model.safetensors"
-    try:
-        state = load_file(weights)
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise HepfmError(f"{weights}: not a readable safetensors file ({exc})") from None
-    return weights, {
-        "config": config["model"],
-        "model": state,
-        "ema": state,
-        "tensors": state,
-        "optimizer": None,
-        "trainer": {"selected_on": "ema", "exported_weights": config.get("weights")},
-    }
+    from .run import Run
+
+    return Run(source).load_checkpoint(which)
 
 
-def load_model(run: str | os.PathLike, which: str = "best", weights: str | None = None):
+def load_model(run: str | os.PathLike, which: str = "best", weights: str | None = None, device: str = "cpu"):
     """Rebuild a trained model, in eval mode, from a run folder, a checkpoint file or a model folder.
 
     Args:
@@ -78,23 +57,14 @@ def load_model(run: str | os.PathLike, which: str = "best", weights: str | None 
         which: ``best`` or ``last`` checkpoint of a run folder.
         weights: ``ema`` or ``raw`` (default: those the run selected its best checkpoint on); a model
             folder holds one set of weights and ignores this.
+        device: ``cpu`` (default) or ``cuda``: where the model is put.
 
     Example:
         >>> model = hepfm.load_model("runs/qe_ttbar")  # doctest: +SKIP
     """
-    if not is_model_folder(run):
-        from .checkpoint import load_model as load_run
+    from .run import Run
 
-        return load_run(run, which, weights)
-    path, ckpt = load_pretrained(run)
-    model = build_model(ckpt["config"])
-    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
-    if missing or unexpected:
-        raise HepfmError(f"{path}: weights do not fit config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    model.checkpoint_config = ckpt["config"]
-    model.weights = ckpt["trainer"]["exported_weights"] or "ema"
-    model.eval()
-    return model
+    return Run(run).load_model(which, weights, device=device)
 
 
 def export_model_folder(
@@ -149,6 +119,17 @@ def _read_json(file: Path) -> dict[str, Any]:
         return {}
 
 
+def _declared_sources(run: Path) -> Any:
+    """Where the run's events came from, as its dataset plugin declares (None when the task cannot say)."""
+    from .run import Run, dataset_sources
+
+    try:
+        task = Run(run).task
+    except (HepfmError, ValueError):
+        return None
+    return dataset_sources(task) if task is not None else None
+
+
 def model_card(run: Path, config: dict[str, Any], n_params: int) -> str:
     """README.md of a model folder: YAML metadata, then what the model is, its data, compute and evaluation."""
     model = config["model"]
@@ -158,7 +139,7 @@ def model_card(run: Path, config: dict[str, Any], n_params: int) -> str:
         task = data if isinstance(data, dict) else {}
     summary = _read_json(run / "train_summary.json")
     evaluation = _read_json(run / "eval" / "metrics.json")
-    data = (task.get("dataset") or {}).get("params", {}).get("path")
+    data = _declared_sources(run)
     meta = {
         "library_name": "hepfm",
         "license": "apache-2.0",

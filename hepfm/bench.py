@@ -189,8 +189,8 @@ def bench_model(
     from torch.utils.flop_counter import FlopCounterMode
 
     from . import plugins
+    from ._engine import adamw
     from .model import PRESETS, EventModel
-    from .train import adamw
 
     window = seconds / rounds
     with tempfile.TemporaryDirectory(dir=directory) as tmp:

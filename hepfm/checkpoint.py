@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ._errors import HepfmError, describe_validation_error
+from ._errors import HepfmError
+from ._model_config import ModelConfig
 from ._outputs import as_os_error
-from .schema import EventSchema, FeatureStats
+from .schema import EventSchema
 
 __all__ = [
     "FORMAT",
@@ -64,7 +64,7 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], plain: dict[str, Any]
 def save_checkpoint(
     path: str | os.PathLike,
     model: torch.nn.Module,
-    config: dict[str, Any],
+    config: dict[str, Any] | ModelConfig,
     ema: torch.nn.Module | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     trainer_state: dict[str, Any] | None = None,
@@ -76,6 +76,8 @@ def save_checkpoint(
     tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if ema is not None:
         tensors.update({f"ema/{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()})
+    if isinstance(config, ModelConfig):
+        config = config.to_dict()
     meta: dict[str, str] = {"format": FORMAT, "config": json.dumps(config)}
     if optimizer is not None:
         opt_tensors, opt_plain = _flatten_optimizer(optimizer.state_dict())
@@ -102,7 +104,10 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint: {"config", "model", "ema", "optimizer", "trainer", "tensors"} (no pickle)."""
+    """Read a checkpoint: {"config", "model_config", "model", "ema", "optimizer", "trainer", "tensors"} (no pickle).
+
+    ``config`` is the JSON config as stored, ``model_config`` it parsed (a ``ModelConfig``).
+    """
     path = Path(path)
     if not path.is_file():
         raise HepfmError(f"{path}: no such checkpoint")
@@ -117,8 +122,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if meta.get("format") != FORMAT:
         raise HepfmError(f"{path}: metadata 'format' is {meta.get('format')!r}, this hepfm reads {FORMAT!r}")
     config = _meta_json(path, meta, "config", required=True)
-    check_config(config, str(path))
-    out: dict[str, Any] = {"config": config, "tensors": tensors}
+    model_config = ModelConfig.parse(config, str(path))  # checked and validated once
+    out: dict[str, Any] = {"config": config, "model_config": model_config, "tensors": tensors}
     for prefix in ("model", "ema"):
         out[prefix] = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + "/")}
     if not out["model"]:
@@ -151,45 +156,10 @@ def check_config(config: dict[str, Any], where: str = "checkpoint") -> None:
     """Refuse a checkpoint config that cannot rebuild a model, in one line naming the key.
 
     Checks the schema, statistics (present, finite, every feature), backbone sizes (within
-    ``hepfm._limits``), and every head (a mapping with a registered name and valid params).
+    ``hepfm._limits``), and every head (a mapping with a registered name and valid params); see
+    ``hepfm._model_config.ModelConfig.parse``.
     """
-    from . import plugins
-    from ._limits import MAX_DEPTH, MAX_WIDTH
-    from .model import BackboneConfig
-    from .store import check_stats
-
-    for key, kind in (("schema", dict), ("stats", dict), ("backbone", dict), ("heads", dict)):
-        if not isinstance(config.get(key), kind):
-            raise HepfmError(f"{where}: config '{key}' missing or not a mapping")
-    try:
-        schema = EventSchema.model_validate(config["schema"])
-    except ValidationError as exc:
-        raise HepfmError(f"{where}: config 'schema' is invalid: {describe_validation_error(exc)}") from None
-    check_stats(where, config["stats"], schema, what="config")
-    backbone = config["backbone"]
-    fields = set(BackboneConfig.__dataclass_fields__)
-    unknown = sorted(set(backbone) - fields)
-    if unknown:
-        raise HepfmError(f"{where}: config 'backbone' has unknown keys {unknown} (another hepfm version?)")
-    limits = {"dim": MAX_WIDTH, "depth": MAX_DEPTH, "num_heads": 256, "k_neighbours": 512, "mlp_ratio": 64}
-    limits.update({"pair_dim": MAX_WIDTH, "encoder_depth": MAX_DEPTH})
-    for key, value in backbone.items():
-        if key in limits and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limits[key]):
-            raise HepfmError(f"{where}: config 'backbone.{key}' is {value!r}, expected an integer 1..{limits[key]}")
-        if key in ("feature_dropout", "dropout") and not (isinstance(value, (int, float)) and 0 <= value < 1):
-            raise HepfmError(f"{where}: config 'backbone.{key}' is {value!r}, expected a number in [0, 1)")
-    if "dim" in backbone and "num_heads" in backbone and backbone["dim"] % backbone["num_heads"]:
-        raise HepfmError(f"{where}: config 'backbone.dim' {backbone['dim']} is not a multiple of num_heads")
-    for key, spec in config["heads"].items():
-        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-            raise HepfmError(f"{where}: config 'heads.{key}' must be a mapping with a 'name'")
-        registry = plugins.heads()
-        if spec["name"] not in registry:
-            raise HepfmError(f"{where}: config 'heads.{key}.name': {registry.unknown_message(spec['name'])}")
-        try:
-            registry.get(spec["name"]).Params.model_validate(spec.get("params") or {})
-        except ValidationError as exc:
-            raise HepfmError(f"{where}: config 'heads.{key}.params': {describe_validation_error(exc)}") from None
+    ModelConfig.parse(config, where)
 
 
 def find_checkpoint(run: str | os.PathLike, which: str = "best") -> Path:
@@ -206,27 +176,12 @@ def find_checkpoint(run: str | os.PathLike, which: str = "best") -> Path:
     raise HepfmError(f"{run}: no checkpoint found (expected checkpoints/{which}.safetensors)")
 
 
-def build_model(config: dict[str, Any], where: str = "checkpoint", device: str = "cpu"):
-    """An ``EventModel`` from a checkpoint config (schema, stats, backbone sizes, heads).
+def build_model(config: dict[str, Any] | ModelConfig, where: str = "checkpoint", device: str = "cpu"):
+    """An ``EventModel`` from a checkpoint config (schema, stats, backbone sizes, heads) or a ``ModelConfig``.
 
     ``device="meta"`` builds it without allocating memory (to compare sizes before loading).
     """
-    from . import plugins
-    from .model import BackboneConfig, EventModel
-
-    check_config(config, where)
-    schema = EventSchema.model_validate(config["schema"])
-    stats = {part: {k: FeatureStats.model_validate(v) for k, v in s.items()} for part, s in config["stats"].items()}
-    backbone = BackboneConfig(**config["backbone"])
-    heads = {}
-    for key, spec in config["heads"].items():
-        cls = plugins.heads().get(spec["name"])
-        heads[key] = (cls, cls.Params.model_validate(spec.get("params") or {}), spec.get("weight", 1.0))
-    try:
-        with torch.device(device):
-            return EventModel(schema, stats, backbone, heads)
-    except (ValueError, RuntimeError, TypeError) as exc:
-        raise HepfmError(f"{where}: config cannot build a model ({type(exc).__name__}: {exc})") from None
+    return ModelConfig.parse(config, where).build(where, device)
 
 
 def check_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
@@ -277,7 +232,7 @@ def load_model(
     weights: str | None = None,
     schema: EventSchema | None = None,
 ):
-    """Rebuild a trained model from a run folder or checkpoint file, in eval mode.
+    """Rebuild a trained model from a run folder or checkpoint file, in eval mode (``hepfm.Run.load_model``).
 
     Args:
         run: Run folder or checkpoint file.
@@ -288,17 +243,6 @@ def load_model(
     The model's ``checkpoint_config`` is the config it was rebuilt from and ``weights`` says which
     weights it carries.
     """
-    path = find_checkpoint(run, which)
-    ckpt = load_checkpoint(path)
-    state, chosen = checkpoint_weights(ckpt, weights, str(path))
-    check_weights(build_model(ckpt["config"], str(path), device="meta"), state, str(path))
-    model = build_model(ckpt["config"], str(path))
-    if schema is not None:
-        diff = model.schema.differences(schema)
-        if diff:
-            raise HepfmError(f"{path}: checkpoint 'schema' does not match the data: {'; '.join(diff)}")
-    model.load_state_dict(state)
-    model.checkpoint_config = ckpt["config"]  # what it was rebuilt from (heads, processes, topology)
-    model.weights = chosen
-    model.eval()
-    return model
+    from .run import Run
+
+    return Run(run).load_model(which, weights, schema)

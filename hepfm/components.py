@@ -78,7 +78,10 @@ class Head(Protocol):
     ``infer(latents, batch, generator)`` returns the physics outputs evaluation should use where
     they differ from ``predict(forward(...))`` (e.g. a full diffusion sampling chain);
     ``bind(params, store)`` (a classmethod) returns the params completed from the training store
-    (e.g. its topology), called once when a run starts.
+    (e.g. its topology), called once when a run starts; ``store_targets(params)`` (a classmethod,
+    given the validated bound params) returns the names of the store targets the head reads, and a
+    run on a store without one of them is refused before training starts (heads without it are not
+    checked).
     """
 
     name: ClassVar[str]
@@ -98,6 +101,9 @@ class Dataset(Protocol):
 
     Built as ``cls(params, schema)``; ``open()`` returns the opened events: an
     ``hepfm.EventStore`` or ``hepfm.EventDataset`` (anything with their reading members).
+    Optional member: ``sources(params)`` (a classmethod, given the validated params) returns where
+    the events are (a path, URL or list of them, as ``hepfm.open_data`` takes): ``hepfm evaluate``
+    scores a run on it when no ``--data`` is given, and the model card names it.
     """
 
     name: ClassVar[str]
@@ -134,11 +140,11 @@ class Converter(Protocol):
     """A dataset that reads foreign files (``hepfm convert --format NAME``), streaming.
 
     Built as ``cls(params, schema)``; ``params`` is its ``Params`` validated from the ``--map``
-    YAML. It may raise ``hepfm.convert.MappingError(loc, message)`` for a parameter that cannot
+    YAML. It may raise ``hepfm.sdk.MappingError(loc, message)`` for a parameter that cannot
     work, and the driver names the mapping file, line and key.
 
     ``describe(path)`` opens one input cheaply (metadata only), checks that every field the params
-    name exists with consistent lengths, and returns a ``hepfm.convert.SourceInfo``: the events it
+    name exists with consistent lengths, and returns a ``hepfm.sdk.SourceInfo``: the events it
     will yield and the targets (name -> {"dtype", "shape"}), process names and topology its blocks
     carry. The driver calls it for every input before writing anything.
 
@@ -262,9 +268,9 @@ _BASE = ("name", "description", "Params")
 #: kind -> its contract. Registration refuses a class without a required member.
 CONTRACTS: dict[str, Contract] = {
     "head": Contract(
-        "hepfm_register_heads", Head, (*_BASE, "forward", "loss", "predict"), ("infer", "bind")
+        "hepfm_register_heads", Head, (*_BASE, "forward", "loss", "predict"), ("infer", "bind", "store_targets")
     ),  # fmt: skip
-    "dataset": Contract("hepfm_register_datasets", Dataset, (*_BASE, "open")),
+    "dataset": Contract("hepfm_register_datasets", Dataset, (*_BASE, "open"), ("sources",)),
     "generator": Contract(
         "hepfm_register_generators", Generator, (*_BASE, "processes", "targets", "generate"), ("topology",)
     ),  # fmt: skip

@@ -38,14 +38,7 @@ from pydantic import BaseModel, ValidationError
 from . import __version__, plugins
 from ._convert_kit import (
     MappingError,
-    ObjectGroup,
-    Packed,
     SourceInfo,
-    energy_from_mass,
-    jagged_to_padded,
-    pack_objects,
-    remap_indices,
-    require,
 )
 from ._errors import HepfmError
 from ._outputs import as_os_error, output_lock, prepare_output
@@ -56,15 +49,6 @@ from .schema import EventSchema
 from .store import DEFAULT_CHUNK, EventStore, StoreWriter
 
 __all__ = [
-    "SourceInfo",
-    "MappingError",
-    "ObjectGroup",
-    "Packed",
-    "require",
-    "jagged_to_padded",
-    "energy_from_mass",
-    "pack_objects",
-    "remap_indices",
     "find_converter",
     "load_mapping",
     "ConversionPlan",

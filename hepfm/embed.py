@@ -24,14 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 import zarr
-from pydantic import ValidationError
 
-from ._errors import HepfmError, describe_validation_error
+from ._errors import HepfmError
+from ._infer import infer, resolve_device, to_numpy
 from ._limits import MAX_BATCH, MAX_EPOCHS, MAX_EVENTS, MAX_SEEDS, in_range
 from ._outputs import output_lock, prepare_output
 from ._progress import progress
 from ._selection import Selection
-from .checkpoint import find_checkpoint, load_model
+from .run import Run
 from .store import DEFAULT_CHUNK, ArrayWriter, EventLoader, EventStore, SplitSpec, open_arrays, open_data
 
 __all__ = ["EmbedResult", "embed", "probe", "open_latents"]
@@ -56,10 +56,10 @@ def _split_labels(store: EventStore, spec: SplitSpec) -> np.ndarray:
     return labels
 
 
-@torch.no_grad()
 def _latents(model, batch) -> tuple[np.ndarray, np.ndarray]:
+    """[B, N, D] object and [B, D] event latents of a batch on the model's device, on the host."""
     lat = model.encode(batch)
-    return lat.objects.float().numpy(), lat.event.float().numpy()
+    return to_numpy(lat.objects), to_numpy(lat.event)
 
 
 def embed(
@@ -72,31 +72,27 @@ def embed(
     which: str = "best",
     overwrite: bool = False,
     selection: list[str] | None = None,
+    device: str = "cpu",
 ) -> EmbedResult:
-    """Write the frozen latents of every event of ``data`` that passes ``selection`` (see module docstring)."""
+    """Write the frozen latents of every event of ``data`` that passes ``selection`` (see module docstring).
+
+    ``device``: ``cpu`` or ``cuda``, where the model runs.
+    """
     out = Path(out)
     in_range("--batch-size", batch_size, 1, MAX_BATCH)
     in_range("pca_events", pca_events, 1, MAX_EVENTS)
+    resolve_device(device)
     prepare_output(out, "latents", overwrite)
     with output_lock(out):
-        return _embed(run, data, out, pca, batch_size, pca_events, which, selection)
+        return _embed(Run(run), data, out, pca, batch_size, pca_events, which, selection, device)
 
 
-def _embed(run, data, out: Path, pca, batch_size, pca_events, which, selection) -> EmbedResult:
-    ckpt_path = find_checkpoint(run, which)
-    model = load_model(ckpt_path)
+def _embed(run: Run, data, out: Path, pca, batch_size, pca_events, which, selection, device) -> EmbedResult:
+    ckpt_path = run.checkpoint(which)
+    model = run.load_model(which, device=device)
     store = open_data(data, schema=model.schema)
     config = model.checkpoint_config
-    task_split = SplitSpec()
-    task_file = Path(run) / "task.yaml" if Path(run).is_dir() else None
-    if task_file is not None and task_file.is_file():
-        from ._yaml import read_yaml
-
-        raw = read_yaml(task_file, "task file")[0]
-        try:
-            task_split = SplitSpec.model_validate((raw if isinstance(raw, dict) else {}).get("split") or {})
-        except ValidationError as exc:
-            raise HepfmError(f"{task_file}: split: {describe_validation_error(exc)}") from None
+    task_split = run.split
     d = model.config.dim
     cuts = Selection.parse(selection or [])
     if cuts:
@@ -115,10 +111,8 @@ def _embed(run, data, out: Path, pca, batch_size, pca_events, which, selection) 
         fitted = {"event": IncrementalPCA(pca), "object": IncrementalPCA(pca)}
         seen = 0
         loader = EventLoader(store, "val", batch_size, shuffle=False, split_spec=task_split, selection=cuts)
-        for batch in loader:
-            if len(batch) < pca:
-                continue
-            objects, event = _latents(model, batch)
+        usable = (batch for batch in loader if len(batch) >= pca)
+        for batch, (objects, event) in infer(model, usable, lambda b: _latents(model, b)):
             fitted["event"].partial_fit(event)
             real = objects[batch.mask.numpy()]
             if len(real) >= pca:
@@ -150,8 +144,8 @@ def _embed(run, data, out: Path, pca, batch_size, pca_events, which, selection) 
     index = np.flatnonzero(keep)
     pos = 0
     with progress("embed", n) as advance:
-        for batch in EventLoader(store, "all", batch_size, shuffle=False, selection=cuts):
-            objects, event = _latents(model, batch)
+        everything = EventLoader(store, "all", batch_size, shuffle=False, selection=cuts)
+        for batch, (objects, event) in infer(model, everything, lambda b: _latents(model, b)):
             b = len(batch)
             if not (np.isfinite(event).all() and np.isfinite(objects).all()):
                 raise HepfmError(
@@ -177,7 +171,7 @@ def _embed(run, data, out: Path, pca, batch_size, pca_events, which, selection) 
             advance(b)
     attrs: dict[str, Any] = {
         "path": str(out),
-        "run": str(run),
+        "run": str(run.path),
         "checkpoint": str(ckpt_path),
         "data": str(store.path) if len(store.sources) == 1 else store.sources,
         "n_events": n,

@@ -36,15 +36,17 @@ from . import __version__, plugins
 from ._errors import HepfmError
 from ._files import write_atomic, write_json
 from ._headline import HeadlineRow, bootstrap, headline_rows, markdown_summary
+from ._infer import head_outputs, infer, model_device, resolve_device, sampling_generator, to_numpy
 from ._limits import MAX_BATCH, MAX_EVENTS, MAX_SEED, in_range
 from ._outputs import output_lock, prepare_output
 from ._plots import save_figure
 from ._progress import progress
 from ._selection import Selection
-from .checkpoint import find_checkpoint, load_model
+from ._task_rules import metric_keys
 from .components import Evaluation
+from .run import Run
 from .store import EventLoader, EventStore, SplitSpec, open_data
-from .tasks import Component, Task, load_task, task_selection
+from .tasks import Component, task_selection
 
 __all__ = [
     "EvalResult",
@@ -76,7 +78,6 @@ class EvalResult:
     specs: list[Component] = field(default_factory=list)
 
 
-@torch.no_grad()
 def collect(
     model: torch.nn.Module,
     store: EventStore,
@@ -86,41 +87,35 @@ def collect(
     max_events: int | None = None,
     seed: int = 0,
     selection: Selection | None = None,
+    device: str | torch.device | None = None,
 ) -> Evaluation:
-    """Run every head of ``model`` over one split of ``store`` (events passing ``selection``) into an ``Evaluation``."""
-    model.eval()
+    """Run every head of ``model`` over one split of ``store`` (events passing ``selection``) into an ``Evaluation``.
+
+    ``device``: where the model runs (moved there; default: where it is).
+    """
     loader = EventLoader(
         store, split, batch_size, shuffle=False, split_spec=split_spec or SplitSpec(), selection=selection
     )
     total = loader.n_events if max_events is None else min(loader.n_events, max_events)
     if total == 0:
         raise HepfmError(f"{store.path}: the '{split}' split has no events")
-    gen = torch.Generator().manual_seed(seed)  # the same samples for the same run, data and seed
+    if device is not None:
+        model.to(resolve_device(device))
+    gen = sampling_generator(seed, model_device(model))  # the same samples for the same run, data and seed
     parts: dict[str, list[np.ndarray]] = {}
 
     def keep(name: str, value: torch.Tensor | np.ndarray) -> None:
-        parts.setdefault(name, []).append(value.float().numpy() if value.dtype.is_floating_point else value.numpy())
+        parts.setdefault(name, []).append(to_numpy(value))
 
-    seen = 0
     with progress("evaluate", total) as advance:
-        for batch in loader:
-            if seen >= total:
-                break
-            if seen + len(batch) > total:
-                batch = batch.apply(lambda t, k=total - seen: t[:k])
-            latents = model.encode(batch)
-            for key, head in model.heads.items():
-                if hasattr(head, "infer"):
-                    outputs = head.infer(latents, batch, generator=gen)
-                else:
-                    outputs = head.predict(head(latents, batch))
-                for name, value in outputs.items():
+        for batch, outputs in infer(model, loader, lambda b: head_outputs(model, b, gen), max_events=total):
+            for key, named in outputs.items():
+                for name, value in named.items():
                     keep(f"outputs/{key}/{name}", value)
             for name in ("objects", "mask", "globals", "weights"):
                 keep(name, getattr(batch, name))
             for name, value in batch.targets.items():
                 keep(f"targets/{name}", value)
-            seen += len(batch)
             advance(len(batch))
     arrays = {k: np.concatenate(v) for k, v in parts.items()}
     config = getattr(model, "checkpoint_config", {}) or {}
@@ -143,12 +138,8 @@ def collect(
 
 
 def _metric_keys(specs: list[Component]) -> list[str]:
-    """Result keys: a metric's own ``key``, else its name, numbered when a task names one metric twice."""
-    keys, seen = [], {}
-    for spec in specs:
-        own = getattr(spec, "key", None)
-        seen[spec.name] = seen.get(spec.name, 0) + (own is None)
-        keys.append(own or (spec.name if seen[spec.name] == 1 else f"{spec.name}#{seen[spec.name]}"))
+    """Result keys of a task's metrics (``hepfm._task_rules.metric_keys``); a repeated key is refused."""
+    keys = metric_keys((spec.name, getattr(spec, "key", None)) for spec in specs)
     duplicated = sorted({k for k in keys if keys.count(k) > 1})
     if duplicated:
         raise HepfmError(f"metrics: two metrics report under the key {duplicated[0]!r}; give each its own 'key'")
@@ -206,11 +197,6 @@ def _json_value(v: float) -> float | str | None:
     return v
 
 
-def _run_task(run: Path) -> Task | None:
-    task_file = run / "task.yaml" if run.is_dir() else None
-    return load_task(task_file) if task_file is not None and task_file.is_file() else None
-
-
 def evaluate(
     run: str | os.PathLike,
     data: str | os.PathLike | None = None,
@@ -224,6 +210,7 @@ def evaluate(
     seed: int = 0,
     plots: bool = True,
     bootstrap_resamples: int = 30,
+    device: str = "cpu",
 ) -> EvalResult:
     """Evaluate a run folder (or checkpoint file) on a store (see module docstring).
 
@@ -240,8 +227,9 @@ def evaluate(
         seed: Seed of the generative heads' sampling.
         plots: Draw the metrics' PNG plots.
         bootstrap_resamples: Resamples of the scored events for the uncertainties (0: none).
+        device: ``cpu`` or ``cuda``: where the model runs.
     """
-    run = Path(run)
+    run = Run(run)
     if split not in ("train", "val", "test", "all"):
         raise HepfmError(f"--split '{split}': expected one of train, val, test, all")
     in_range("--batch-size", batch_size, 1, MAX_BATCH)
@@ -249,38 +237,52 @@ def evaluate(
     if max_events is not None:
         in_range("--max-events", max_events, 1, MAX_EVENTS)
     in_range("--bootstrap", bootstrap_resamples, 0, 100_000)
-    task = _run_task(run)
+    resolve_device(device)
+    task = run.task
     specs = metrics if metrics is not None else (task.metrics if task is not None else [])
     if not specs:
-        raise HepfmError(f"{run}: the run's task names no metrics; add a 'metrics' list to its task file")
+        raise HepfmError(f"{run.path}: the run's task names no metrics; add a 'metrics' list to its task file")
     if data is None:
-        if task is None or "path" not in task.dataset.params:
-            raise HepfmError(f"{run}: no --data given and the run names no store")
-        data = task.dataset.params["path"]
-    out = Path(out) if out is not None else (run if run.is_dir() else run.parent) / "eval"
+        data = run.sources()
+        if data is None:
+            raise HepfmError(f"{run.path}: no --data given and the run names no store")
+    out = Path(out) if out is not None else run.folder / "eval"
     prepare_output(out, "eval", resume=True)  # a rerun replaces its metrics; a user's folder is refused
     with output_lock(out):
         return _evaluate(
-            run, task, specs, data, out, split, which, weights, batch_size, max_events, seed, plots, bootstrap_resamples
+            run,
+            specs,
+            data,
+            out,
+            split,
+            which,
+            weights,
+            batch_size,
+            max_events,
+            seed,
+            plots,
+            bootstrap_resamples,
+            device,
         )
 
 
 def _evaluate(
-    run, task, specs, data, out, split, which, weights, batch_size, max_events, seed, plots, bootstrap_resamples
+    run: Run, specs, data, out, split, which, weights, batch_size, max_events, seed, plots, bootstrap_resamples, device
 ) -> EvalResult:
-    checkpoint = find_checkpoint(run, which)
-    model = load_model(checkpoint, weights=weights)
+    task = run.task
+    checkpoint = run.checkpoint(which)
+    model = run.load_model(which, weights, device=device)
     store = open_data(data, schema=model.schema)
     selection = task_selection(task, store.schema) if task is not None else None
     ev = collect(model, store, split, task.split if task else None, batch_size, max_events, seed, selection)
-    where = str(run / "task.yaml") if task is not None else str(run)
+    where = str(run.task_file) if task is not None else str(run.path)
     results, files = score(ev, specs, out / "plots" if plots else None, where)
     built = build_metrics(specs)
     errors = bootstrap(ev, {k: m for k, (_, m) in built.items()}, results, bootstrap_resamples, seed)
     rows = headline_rows(results, errors, {k: s.name for k, (s, _) in built.items()})
     record: dict[str, Any] = {
         "hepfm_version": __version__,
-        "run": str(run),
+        "run": str(run.path),
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": _sha256(checkpoint),
         "weights": model.weights,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,10 +33,11 @@ import numpy as np
 import torch
 
 from ._errors import HepfmError
+from ._infer import head_outputs, infer, model_device, resolve_device, sampling_generator
 from ._outputs import acquire_lock, prepare_output, release_lock
 from ._progress import progress
 from .batch import Batch
-from .checkpoint import load_model
+from .run import Run
 from .store import EventStore
 
 __all__ = ["PredictResult", "predict", "predict_batch", "predict_columns", "ID_TARGETS", "FORMATS"]
@@ -99,35 +101,45 @@ def _head_columns(key: str, head: torch.nn.Module, outputs: dict[str, torch.Tens
     return cols
 
 
-@torch.no_grad()
 def predict_batch(
     model: torch.nn.Module, batch: Batch, generator: torch.Generator | None = None
 ) -> dict[str, np.ndarray]:
     """Every head's physics outputs for one batch as named numpy columns (see module docstring).
 
-    Heads with ``infer`` (a diffusion sampling chain) are sampled with ``generator``; the others
-    give ``predict(forward(...))``.
+    The batch goes to the model's device. Heads with ``infer`` (a diffusion sampling chain) are
+    sampled with ``generator`` (on the model's device); the others give ``predict(forward(...))``.
     """
-    model.eval()
+    return next(infer(model, [batch], lambda b: _columns(model, b, generator)))[1]
+
+
+def _columns(model: torch.nn.Module, batch: Batch, generator: torch.Generator | None) -> dict[str, np.ndarray]:
+    """The named columns of one batch on the model's device."""
     processes = list((getattr(model, "checkpoint_config", None) or {}).get("processes", []))
-    latents = model.encode(batch)
     cols: dict[str, np.ndarray] = {}
-    for key, head in model.heads.items():
-        if hasattr(head, "infer"):
-            outputs = head.infer(latents, batch, generator=generator)
-        else:
-            outputs = head.predict(head(latents, batch))
-        cols.update(_head_columns(key, head, outputs, processes))
+    for key, outputs in head_outputs(model, batch, generator).items():
+        cols.update(_head_columns(key, model.heads[key], outputs, processes))
     return cols
 
 
-def predict_columns(model: torch.nn.Module, data: Any, batch_size: int = 1024, seed: int = 0) -> dict[str, np.ndarray]:
+def _batches(data: Any, batch_size: int) -> Iterator[Batch]:
+    """The events of a store or dataset in batches, in order."""
+    for start in range(0, data.n_events, batch_size):
+        stop = min(data.n_events, start + batch_size)
+        yield Batch.from_arrays(data.read(start, stop, ["objects", "mask", "globals", "weights"]))
+
+
+def predict_columns(
+    model: torch.nn.Module, data: Any, batch_size: int = 1024, seed: int = 0, device: str | None = None
+) -> dict[str, np.ndarray]:
     """Named per-event prediction columns for a ``Batch``, an awkward array, a store or dataset (or its path).
 
     This is ``model.predict`` for notebooks: one row per event, in input order, columns as
     ``hepfm predict`` writes them (``HEAD_prob_PROCESS``, ``HEAD_RES_DAUGHTER``, ...).
+    ``device``: ``cpu`` or ``cuda`` to move the model there first (default: where it is).
     """
-    generator = torch.Generator().manual_seed(seed)
+    if device is not None:
+        model.to(resolve_device(device))
+    generator = sampling_generator(seed, model_device(model))
     if isinstance(data, Batch):
         return predict_batch(model, data, generator)
     if type(data).__module__.startswith("awkward"):
@@ -136,11 +148,7 @@ def predict_columns(model: torch.nn.Module, data: Any, batch_size: int = 1024, s
         from .store import open_data
 
         data = open_data(data, schema=model.schema)
-    parts = []
-    for start in range(0, data.n_events, batch_size):
-        stop = min(data.n_events, start + batch_size)
-        batch = Batch.from_arrays(data.read(start, stop, ["objects", "mask", "globals", "weights"]))
-        parts.append(predict_batch(model, batch, generator))
+    parts = [cols for _, cols in infer(model, _batches(data, batch_size), lambda b: _columns(model, b, generator))]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -221,6 +229,7 @@ def predict(
     weights: str | None = None,
     overwrite: bool = False,
     seed: int = 0,
+    device: str = "cpu",
 ) -> PredictResult:
     """Write a run's per-event predictions for every event of ``data`` to ``out`` (see module docstring).
 
@@ -232,20 +241,22 @@ def predict(
         weights: ``ema`` or ``raw``; default: those the run selected its best checkpoint on.
         overwrite: Replace an existing ``out``.
         seed: Seed of generative heads' sampling (the same predictions for the same seed).
+        device: ``cpu`` or ``cuda``: where the model runs.
     """
     out = Path(out)
     kind = FORMATS.get(out.suffix.lower())
     if kind is None:
         raise HepfmError(f"--out {out}: unknown format '{out.suffix}'; use one of {', '.join(FORMATS)}")
+    resolve_device(device)
     prepare_output(out, "file", overwrite)
     if batch_size < 1:
         raise HepfmError(f"batch size {batch_size}: expected a positive integer")
     store = data if isinstance(data, EventStore) else EventStore.open(data)
     if store.n_events == 0:
         raise HepfmError(f"{store.path}: holds no events")
-    model = load_model(run, weights=weights, schema=store.schema)
+    model = Run(run).load_model(weights=weights, schema=store.schema, device=device)
     ids = [name for name in ID_TARGETS if name in store.targets and not store.targets[name]["shape"]]
-    generator = torch.Generator().manual_seed(seed)
+    generator = sampling_generator(seed, model_device(model))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial")
     lock = acquire_lock(out)  # one writer per output; released however this ends
@@ -254,18 +265,18 @@ def predict(
     start_time = time.perf_counter()
     try:
         with progress("predict", store.n_events) as advance:
-            for start in range(0, store.n_events, batch_size):
-                stop = min(store.n_events, start + batch_size)
-                arrays = store.read(start, stop, ["objects", "mask", "globals", "weights"])
-                batch = Batch.from_arrays(arrays)
+            start = 0
+            for batch, heads in infer(model, _batches(store, batch_size), lambda b: _columns(model, b, generator)):
+                stop = start + len(batch)
                 cols: dict[str, Any] = {"event_index": np.arange(start, stop, dtype=np.int64)}
                 if ids:
                     found = store.read(start, stop, [f"targets/{name}" for name in ids])
                     cols.update({name: np.asarray(found[f"targets/{name}"]) for name in ids})
-                cols.update(predict_batch(model, batch, generator))
+                cols.update(heads)
                 writer.write(cols)
                 columns = list(cols)
                 advance(stop - start)
+                start = stop
         writer.close()
         os.replace(tmp, out)
     except BaseException:

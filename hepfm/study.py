@@ -45,8 +45,8 @@ from . import plugins
 from ._errors import HepfmError
 from ._files import write_atomic, write_json
 from ._progress import err_console
-from .checkpoint import find_checkpoint, load_checkpoint
 from .evaluate import _json_value, _metric_keys, evaluate, read_metrics
+from .run import Run
 from .store import EventLoader
 from .tasks import EarlyStoppingSpec, InitSpec, Task, task_selection
 from .train import init_architecture, train
@@ -145,7 +145,7 @@ def study(
     if max_steps is not None and max_steps < 1:
         raise HepfmError(f"--max-steps {max_steps}: must be at least 1")
     if "pretrained" in modes:
-        find_checkpoint(pretrained)  # one clear line now rather than after the scratch cells
+        Run(pretrained).checkpoint()  # one clear line now rather than after the scratch cells
 
     store = _store_of(task)
     selection = task_selection(task, store.schema)
@@ -227,12 +227,12 @@ def _cell_val_every(task: Task, n_train: int) -> int:
 
 def _finished(run: Path) -> bool:
     """A cell's fine-tune ended (budget or early stopping) and wrote its summary."""
-    return (run / "train_summary.json").is_file()
+    return Run(run).finished
 
 
 def _cell_compute(run: Path) -> dict[str, Any]:
     """Steps taken, best step, events seen and fine-tune FLOPs of a cell's run."""
-    summary = json.loads((run / "train_summary.json").read_text())
+    summary = Run(run).summary
     return {k: summary.get(k) for k in (*COMPUTE, "stopped_early", "wall_s")}
 
 
@@ -242,13 +242,7 @@ def pretraining_compute(pretrained: str | os.PathLike) -> dict[str, Any] | None:
     A run folder gives its whole run (``train_summary.json``); a checkpoint file (e.g. an
     intermediate ``step-N`` one, for a pretraining-length ablation) gives the compute up to it.
     """
-    path = Path(pretrained)
-    keys = ("steps", "events_seen", "flops", "wall_s")
-    if path.is_dir():
-        file = path / "train_summary.json"
-        return {k: json.loads(file.read_text()).get(k) for k in keys} if file.is_file() else None
-    state = (load_checkpoint(path).get("trainer") or {}) if path.is_file() else {}
-    return {k: state.get("step" if k == "steps" else k) for k in keys} if "events_seen" in state else None
+    return Run(pretrained).compute()
 
 
 def _headline(task: Task) -> dict[str, tuple[str, ...] | None]:
@@ -285,7 +279,7 @@ def study_table(
                 for metric, figures in read_metrics(file).items():
                     for name, v in figures.items():
                         values.setdefault((f"{metric}/{name}", mode, fraction), []).append(v)
-                if (cell / "run" / "train_summary.json").is_file():
+                if Run(cell / "run").finished:
                     for name, v in _cell_compute(cell / "run").items():
                         if name in COMPUTE:
                             values.setdefault((f"compute/{name}", mode, fraction), []).append(float(v or 0))

@@ -199,15 +199,15 @@ LAUNCHER = textwrap.dedent(
             writes.append([event, os.fsdecode(args[0])])
 
     sys.addaudithook(hook)
-    import hepfm.train as T
+    import hepfm._schedule as T
 
-    update = T._EMA.update
+    update = T.EMA.update
 
     def keep(self, model):
         update(self, model)
         last["ema"], last["model"] = self.model, model
 
-    T._EMA.update = keep
+    T.EMA.update = keep
 
     def digest(module):
         h = hashlib.sha256()

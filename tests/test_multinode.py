@@ -34,16 +34,16 @@ LAUNCHER = textwrap.dedent(
         return read(self, store, a, b)
 
     S._SegmentStream._read = spy
-    import hepfm.train as T
+    import hepfm._schedule as T
 
     last = {}
-    update = T._EMA.update
+    update = T.EMA.update
 
     def keep(self, model):
         update(self, model)
         last["model"] = model
 
-    T._EMA.update = keep
+    T.EMA.update = keep
 
     @atexit.register
     def dump():

@@ -96,8 +96,9 @@ def tiny_run(tmp_path_factory):
 def test_exported_model_folder_reloads_with_the_same_outputs_and_seeds_a_fine_tune(tiny_run, tmp_path, cli):
     import hepfm
     from hepfm import EventLoader, EventStore
+    from hepfm.run import ModelConfig
     from hepfm.tasks import load_task
-    from hepfm.train import build_model, init_architecture, init_from, model_config
+    from hepfm.train import init_architecture, init_from
 
     run, store = tiny_run
     r = cli("evaluate", run, "--bootstrap", 5, "--wandb", "offline", "--wandb-project", "physicist-test")
@@ -132,7 +133,7 @@ def test_exported_model_folder_reloads_with_the_same_outputs_and_seeds_a_fine_tu
     task = task.model_copy(update={"model": type(task.model)()})  # the default preset (small), not asked for
     adopted = init_architecture(task)
     assert adopted.model.preset == "tiny"
-    model = build_model(model_config(adopted, EventStore.open(store.path)))
+    model = ModelConfig.from_task(adopted, EventStore.open(store.path)).build()
     report = init_from(model, out)
     assert any(k.startswith("backbone.") for k in report["loaded"])
 

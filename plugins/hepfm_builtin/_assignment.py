@@ -213,6 +213,11 @@ class AssignmentHead(nn.Module):
         """Find each resonance's daughters in the store's topology (``resolve_targets``)."""
         return resolve_targets(params, store)
 
+    @classmethod
+    def store_targets(cls, params: AssignmentParams) -> list[str]:
+        """The store targets it reads: each resonance's (``targets``, set by ``bind``), else ``target``."""
+        return list(params.targets.values()) if params.targets else [params.target]
+
     def __init__(self, params: AssignmentParams, dims: HeadDims) -> None:
         super().__init__()
         self.params = params

@@ -127,6 +127,11 @@ class InvisibleDiffusionHead(nn.Module):
     description: ClassVar[str] = "neutrino momenta by conditional diffusion; deterministic few-step DDIM"
     Params: ClassVar[type] = InvisibleDiffusionParams
 
+    @classmethod
+    def store_targets(cls, params: InvisibleDiffusionParams) -> list[str]:
+        """The store targets it reads: ``target`` and, where set, ``mask_target``."""
+        return [params.target] + ([params.mask_target] if params.mask_target is not None else [])
+
     def __init__(self, params: InvisibleDiffusionParams, dims: HeadDims) -> None:
         super().__init__()
         self.params = params

@@ -42,6 +42,11 @@ class ParametrisedClassificationHead(torch.nn.Module):
         dropout: float = Field(0.0, ge=0, lt=1)
         target: str = Field("process", description="integer target: < K signal class, >= K background")
 
+    @classmethod
+    def store_targets(cls, params) -> list[str]:
+        """The store target it reads: ``target``."""
+        return [params.target]
+
     def __init__(self, params: Params, dims: HeadDims) -> None:
         super().__init__()
         self.params = params

@@ -46,6 +46,11 @@ class SegmentationHead(nn.Module):
     description: ClassVar[str] = "MaskFormer-like queries -> class and object mask; Hungarian matching"
     Params: ClassVar[type] = SegmentationParams
 
+    @classmethod
+    def store_targets(cls, params: SegmentationParams) -> list[str]:
+        """The store target it reads: ``target``."""
+        return [params.target]
+
     def __init__(self, params: SegmentationParams, dims: HeadDims) -> None:
         super().__init__()
         self.params = params

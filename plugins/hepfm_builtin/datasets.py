@@ -34,6 +34,11 @@ class ZarrDataset:
         self.params = params
         self.schema = schema
 
+    @classmethod
+    def sources(cls, params: Params) -> str | list[str]:
+        """Where its events are: ``path``."""
+        return params.path
+
     def open(self):
         """Open the store or stores (checks completeness and, when given, the schema)."""
         from hepfm import open_data

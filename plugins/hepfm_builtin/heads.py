@@ -34,6 +34,11 @@ class ClassificationHead(torch.nn.Module):
         class_weights: list[float] | None = Field(None, description="optional weight per class")
 
     @classmethod
+    def store_targets(cls, params: Params) -> list[str]:
+        """The store target it reads: ``target``."""
+        return [params.target]
+
+    @classmethod
     def bind(cls, params: dict, store) -> dict:
         """Fill what the data decides: the number of classes is the store's process count."""
         if params.get("num_classes") is not None:
