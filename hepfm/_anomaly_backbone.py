@@ -254,7 +254,7 @@ def compare_anomaly(
         raise HepfmError(f"--seeds {seeds}: need at least 1")
     events = events if events is not None else read_stores(config, stores)
     out = Path(out)
-    runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
+    runs: dict[str, list[dict[str, float | None]]] = {mode: [] for mode in MODES}
     for k in range(seeds):
         for mode in MODES[1:]:
             gen = config.generative.model_copy(
@@ -264,7 +264,7 @@ def compare_anomaly(
             r = search_events(events, cfg, out / f"{mode}_seed{k}")
             runs[mode].append({"seed": cfg.seed, "z": r.z_after, "auc_sr": r.classifier_auc_sr})
             if mode == "pretrained":  # the spectrum before the cut does not depend on the model
-                runs["bump_hunt"].append({"seed": cfg.seed, "z": r.z_before, "auc_sr": float("nan")})
+                runs["bump_hunt"].append({"seed": cfg.seed, "z": r.z_before, "auc_sr": None})  # no classifier
     table = {
         mode: {
             "median_z": float(np.median([x["z"] for x in rows])),
