@@ -31,8 +31,7 @@ from torch import nn
 
 from ._errors import HepfmError
 from ._files import write_json
-from ._progress import progress
-from .model.diffusion import ddim_sample, noise
+from .model.diffusion import ddim_sample
 
 if TYPE_CHECKING:
     from .anomaly import AnomalyConfig, GenerativeConfig
@@ -170,6 +169,8 @@ class BackboneBackground:
 
     def fit(self, pairs: np.ndarray, mass: np.ndarray) -> BackboneBackground:
         """Fine-tune the backbone and train the head on sideband pairs [n, 2, F] (raw rows) at masses [n]."""
+        from .anomaly import fit_denoiser
+
         c = self.config
         y = self._normalised(pairs)
         self.mu, self.sd = y.mean(0), y.std(0).clamp_min(1e-3)  # [2, 3] each
@@ -180,23 +181,8 @@ class BackboneBackground:
         lmt = torch.tensor((lm - self.m_mu) / self.m_sd, dtype=torch.float32)
         self.net.model.eval()  # no feature dropout on the generated pair; the weights still train
         params = [*self.net.model.backbone.parameters(), *self.net.head.parameters(), *self.net.out.parameters()]
-        opt = torch.optim.AdamW(params, lr=c.lr)
-        per_epoch = max(1, len(x) // c.batch_size)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=c.lr, total_steps=c.epochs * per_epoch)
-        gen = torch.Generator().manual_seed(self.seed)
-        with progress("backbone background model (sidebands)", c.epochs, "epochs") as advance:
-            for _ in range(c.epochs):
-                order = torch.randperm(len(x), generator=gen)
-                for k in range(per_epoch):
-                    idx = order[k * c.batch_size : (k + 1) * c.batch_size]
-                    t = torch.rand(len(idx), generator=gen)
-                    x_t, v = noise(x[idx], t, torch.randn(len(idx), 2, len(KINEMATICS), generator=gen))
-                    loss = ((self._velocity(x_t, t, m[idx], lmt[idx]) - v) ** 2).mean()
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-                advance(1)
+        velocity = lambda x_t, t, idx: self._velocity(x_t, t, m[idx], lmt[idx])  # noqa: E731
+        fit_denoiser(velocity, params, x, c, self.seed, "backbone background model (sidebands)")
         return self
 
     def _velocity(self, x_t: torch.Tensor, t: torch.Tensor, m: torch.Tensor, lm: torch.Tensor) -> torch.Tensor:

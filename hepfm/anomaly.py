@@ -38,6 +38,7 @@ from ._yaml import read_yaml
 from .model.diffusion import alpha_sigma, ddim_sample, noise, time_embedding
 
 __all__ = [
+    "fit_denoiser",
     "AnomalyConfig",
     "AnomalyResult",
     "BackboneBackground",
@@ -263,6 +264,31 @@ class _Denoiser(nn.Module):
         return self.net(h)
 
 
+def fit_denoiser(velocity, params, x: torch.Tensor, config: GenerativeConfig, seed: int, title: str) -> None:
+    """Train a v-prediction denoiser on x [n, ...]: ``velocity(x_t, t, idx)`` predicts v for rows ``idx``.
+
+    AdamW with a one-cycle schedule over ``config.epochs`` passes of ``config.batch_size``, all
+    randomness from one generator seeded with ``seed``; a progress bar per epoch.
+    """
+    opt = torch.optim.AdamW(params, lr=config.lr)
+    per_epoch = max(1, len(x) // config.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * per_epoch)
+    gen = torch.Generator().manual_seed(seed)
+    with progress(title, config.epochs, "epochs") as advance:
+        for _ in range(config.epochs):
+            order = torch.randperm(len(x), generator=gen)
+            for k in range(per_epoch):
+                idx = order[k * config.batch_size : (k + 1) * config.batch_size]
+                t = torch.rand(len(idx), generator=gen)
+                x_t, v = noise(x[idx], t, torch.randn(len(idx), *x.shape[1:], generator=gen))
+                loss = ((velocity(x_t, t, idx) - v) ** 2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+            advance(1)
+
+
 class BackgroundModel:
     """Conditional diffusion model of p(features | mass), trained on sideband events."""
 
@@ -285,23 +311,14 @@ class BackgroundModel:
         x = torch.tensor((features - self.mu) / self.sd, dtype=torch.float32)
         m = torch.tensor((lm - self.m_mu) / self.m_sd, dtype=torch.float32)
         self.net = _Denoiser(x.shape[1], c.hidden)
-        opt = torch.optim.AdamW(self.net.parameters(), lr=c.lr)
-        steps = c.epochs * max(1, len(x) // c.batch_size)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=c.lr, total_steps=steps)
-        gen = torch.Generator().manual_seed(self.seed)
-        with progress("background model (sidebands)", c.epochs, "epochs") as advance:
-            for _ in range(c.epochs):
-                order = torch.randperm(len(x), generator=gen)
-                for k in range(max(1, len(x) // c.batch_size)):
-                    idx = order[k * c.batch_size : (k + 1) * c.batch_size]
-                    t = torch.rand(len(idx), generator=gen)
-                    x_t, v = noise(x[idx], t, torch.randn(len(idx), x.shape[1], generator=gen))
-                    loss = ((self.net(x_t, t, m[idx]) - v) ** 2).mean()
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-                advance(1)
+        fit_denoiser(
+            lambda x_t, t, idx: self.net(x_t, t, m[idx]),
+            self.net.parameters(),
+            x,
+            c,
+            self.seed,
+            "background model (sidebands)",
+        )
         self.net.eval()
         return self
 
