@@ -16,6 +16,7 @@ from hepfm_builtin._assignment import _valid_tuples
 from hepfm import plugins
 from hepfm.components import HeadDims, Latents
 from hepfm.schema import EventSchema
+from hepfm.store import EventStore
 
 TASK = ROOT / "tasks" / "ttbar_allhad.yaml"
 TOPS = {
@@ -111,6 +112,14 @@ def test_one_task_file_trains_on_a_generated_and_a_converted_spanet_store(tmp_pa
         for res in ("t", "tbar"):
             for d in ("b", "q1", "q2"):
                 np.testing.assert_array_equal(f[f"TARGETS/{res}/{d}"][:], truth[:, slots.index(f"{res}_{d}")])
+    # and converted back (what hepfm trains on in the side-by-side): the very store, slot target and all
+    r = cli("convert", tmp_path / "gen.h5", "--format", "spanet", "--out", tmp_path / "back.zarr")
+    assert r.exit_code == 0, r.stderr + r.stdout
+    back = EventStore.open(tmp_path / "back.zarr")
+    assert back.targets == gen.targets and back.topology == gen.topology and back.array_names == gen.array_names
+    for name in gen.array_names:
+        x, y = gen.read(0, gen.n_events, [name])[name], back.read(0, gen.n_events, [name])[name]
+        assert x.dtype == y.dtype and np.array_equal(x, y), name
 
 
 def test_a_resonance_the_store_lacks_is_one_line_naming_it(tmp_path, cli):

@@ -270,11 +270,18 @@ class SpanetConverter:
                             f"{path}: unknown target 'TARGETS/{particle}/{daughter}'; {info.path.name} gives "
                             f"{particle} the daughters {', '.join(info.event[particle])}"
                         )
+        # A hepfm export of a store whose assignment is one target of named slots (a generated
+        # store) wrote TARGETS from those slots and the slot target itself under HEPFM/targets:
+        # converting back keeps the slot target alone, as the store had it.
+        declared = json.loads(f.attrs.get("hepfm_targets", "{}"))
+        from_slots = bool(declared) and not any(assignment_target(p) in declared for p in info.event)
         assignments = {}
         for particle, daughters in info.event.items():
-            assignments[particle] = [f"TARGETS/{particle}/{d}" for d in daughters]
-            for name in assignments[particle]:
+            names = [f"TARGETS/{particle}/{d}" for d in daughters]
+            for name in names:
                 dataset(name, 1)
+            if not from_slots:
+                assignments[particle] = names
 
         # scalar targets: regressions, classifications, hepfm extras
         scalars: dict[str, str] = {}
@@ -332,14 +339,20 @@ class SpanetConverter:
                 )
 
         # what the blocks carry
-        declared = json.loads(f.attrs.get("hepfm_targets", "{}"))
         targets: dict[str, dict[str, Any]] = {}
         if process is not None:
             targets["process"] = {"dtype": "int32", "shape": []}
-        for particle, daughters in info.event.items():
-            targets[assignment_target(particle)] = {"dtype": "int16", "shape": [len(daughters)]}
+        for particle in assignments:
+            targets[assignment_target(particle)] = {"dtype": "int16", "shape": [len(info.event[particle])]}
         for name, ds_name in scalars.items():
             targets[name] = {"dtype": kinds[name], "shape": list(f[ds_name].shape[1:])}
+        for name in targets:  # a store cannot hold an array and a group of the same name
+            inner = next((other for other in targets if other.startswith(name + "/")), None)
+            if inner is not None:
+                raise HepfmError(
+                    f"{path}: target '{name}' and target '{inner}' cannot both be stored (one would be a "
+                    f"group of the other)"
+                )
         for name, spec in declared.items():  # exact dtypes of a hepfm export
             if name in targets and list(spec.get("shape", [])) == targets[name]["shape"]:
                 targets[name]["dtype"] = str(np.dtype(spec["dtype"]))
@@ -347,7 +360,7 @@ class SpanetConverter:
             targets = {name: targets[name] for name in declared}
         topology = make_topology(info.event, info.permutations)
         stored = json.loads(f.attrs.get("hepfm_topology", "{}"))
-        if stored and stored.get("resonances") == topology.get("resonances"):
+        if stored and (from_slots or stored.get("resonances") == topology.get("resonances")):
             topology = stored
         source = SourceInfo(int(n), targets, processes, topology)
         return _FilePlan(n, groups, globals_direct, met, met_phi, assignments, scalars, process, weight, source)
