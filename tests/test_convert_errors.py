@@ -128,6 +128,13 @@ def test_bad_inputs_give_one_line(tmp_path, cli):
         "extra.h5",
         "unknown target 'TARGETS/h'",
     )
+    write_spanet(tmp_path / "clash.h5", 60, seed=1, extra={"HEPFM/targets/assignment/t1/x": np.zeros(60)})
+    assert_one_line_error(
+        cli("convert", tmp_path / "clash.h5", "--format", "spanet", "--out", out),
+        "clash.h5",
+        "target 'assignment/t1' and target 'assignment/t1/x' cannot both be stored",
+    )
+    assert not out.exists()
     write_spanet(tmp_path / "nocharge.h5", 60, seed=1, drop=("INPUTS/Leptons/charge",))
     assert_one_line_error(
         cli("convert", tmp_path / "nocharge.h5", "--format", "spanet", "--out", out), "nocharge.h5", "'charge'"
