@@ -18,7 +18,8 @@ built-in plugin imports them. The contracts each kind of component must meet are
 - Limits for ``Params`` fields: ``MAX_WIDTH``, ``MAX_CLASSES``, ``MAX_DEPTH`` (sizes past them are
   refused with the ceiling in the message); ``read_yaml`` (YAML with alias, depth and size limits,
   duplicate keys refused).
-- Stores: ``store_topology(store)`` (the decay topology a store carries, or its generator's).
+- Stores: ``store_topology(store)`` (the decay topology a store carries, or its generator's),
+  ``check_target_names`` (targets a store cannot hold together, refused before anything is written).
 - Physics: the ``physics`` module (four-vectors, masses, boosts, the spin-correlation angles).
 - Plots: the ``plots`` module (``new_figure`` builds a ``Figure`` outside pyplot, ``styled``,
   ``draw_hist``, ``fill``, ``binomial_band``, ``hep_label``, ``feature_label``, ``save_figure``):
@@ -50,6 +51,7 @@ from .model.diffusion import alpha_sigma, ddim_sample, noise, predict_x0_eps, ti
 from .physics import compute_globals
 from .report import store_topology
 from .schema import EventSchema
+from .store import check_target_names
 from .xyh import GridResult, binned_significance, plot_grid
 
 __all__ = [
@@ -71,6 +73,7 @@ __all__ = [
     "energy_from_mass",
     "remap_indices",
     "require",
+    "check_target_names",
     "MLP",
     "alpha_sigma",
     "noise",

@@ -194,6 +194,10 @@ def test_reader_refuses_bad_stores(tmp_path):
         EventStore.open(tmp_path / "empty.zarr")
     with pytest.raises(StoreError, match="nothing was written"):
         StoreWriter(tmp_path / "zero.zarr", EventSchema()).close()
+    clashing = {"t": {"dtype": "int16", "shape": [3]}, "t/b": {"dtype": "int16", "shape": []}}
+    with pytest.raises(StoreError, match="target 't' and target 't/b' cannot both be stored"):
+        StoreWriter(tmp_path / "clash.zarr", EventSchema(), targets=clashing)
+    assert not list(tmp_path.glob("*clash.zarr*"))  # refused before anything is written
 
 
 def test_splits_are_disjoint_deterministic_and_cover():

@@ -27,7 +27,7 @@ arrays written through the same format, ``complete`` last).
 from ._arrays import ArrayWriter, open_arrays
 from ._check import check_stats
 from ._dataset import MANIFEST, EventDataset, open_data, resolve_sources
-from ._format import DEFAULT_CHUNK, FORMAT, Segment, is_url
+from ._format import DEFAULT_CHUNK, FORMAT, Segment, check_target_names, is_url
 from ._loader import EventLoader
 from ._reader import EventStore
 from ._splits import SplitSpec, split_segments
@@ -47,6 +47,7 @@ __all__ = [
     "resolve_sources",
     "split_segments",
     "is_url",
+    "check_target_names",
     "check_stats",
     "ArrayWriter",
     "open_arrays",

@@ -15,6 +15,7 @@ import numpy as np
 import zarr
 import zarr.codecs
 
+from .._errors import StoreError
 from ..schema import SCHEMA_VERSION, EventSchema
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "Segment",
     "array_names",
     "expected_layout",
+    "check_target_names",
     "is_url",
     "fresh_group",
     "new_array",
@@ -40,6 +42,20 @@ Segment = tuple[int, int]
 def array_names(targets: dict[str, Any]) -> list[str]:
     """The arrays of a store with these targets: the core arrays, then ``targets/<name>``."""
     return [*CORE_ARRAYS, *(f"targets/{k}" for k in targets)]
+
+
+def check_target_names(names: Any, where: str | os.PathLike) -> None:
+    """Refuse targets a store cannot hold together: ``a`` and ``a/b`` (one would be a group of the other).
+
+    ``where`` (the store, or the input a converter reads) starts the error line.
+    """
+    names = list(names)
+    clash = next(((a, b) for a in names for b in names if b.startswith(a + "/")), None)
+    if clash is not None:
+        raise StoreError(
+            f"{where}: target '{clash[0]}' and target '{clash[1]}' cannot both be stored (one would be a group "
+            f"of the other)"
+        )
 
 
 def expected_layout(schema: EventSchema, targets: dict[str, dict[str, Any]]) -> dict[str, tuple[tuple, np.dtype]]:

@@ -20,7 +20,7 @@ from .. import _outputs
 from .._errors import StoreError
 from ..batch import EventBlock
 from ..schema import EventSchema
-from ._format import DEFAULT_CHUNK, FORMAT, array_names, expected_layout, fresh_group, new_array
+from ._format import DEFAULT_CHUNK, FORMAT, array_names, check_target_names, expected_layout, fresh_group, new_array
 from ._reader import EventStore
 from ._statistics import Moments
 
@@ -61,6 +61,7 @@ class StoreWriter:
         self.topology = dict(topology or {})
         self.schema = schema
         self.targets = _describe_targets(targets or {})
+        check_target_names(self.targets, self.path)
         self.processes = list(processes or [])
         self.chunk = int(chunk_events)
         if self.chunk < 1:

@@ -37,6 +37,7 @@ from hepfm.sdk import (
     MappingError,
     ObjectGroup,
     SourceInfo,
+    check_target_names,
     energy_from_mass,
     pack_objects,
     remap_indices,
@@ -346,13 +347,7 @@ class SpanetConverter:
             targets[assignment_target(particle)] = {"dtype": "int16", "shape": [len(info.event[particle])]}
         for name, ds_name in scalars.items():
             targets[name] = {"dtype": kinds[name], "shape": list(f[ds_name].shape[1:])}
-        for name in targets:  # a store cannot hold an array and a group of the same name
-            inner = next((other for other in targets if other.startswith(name + "/")), None)
-            if inner is not None:
-                raise HepfmError(
-                    f"{path}: target '{name}' and target '{inner}' cannot both be stored (one would be a "
-                    f"group of the other)"
-                )
+        check_target_names(targets, path)  # before anything is written, naming the input file
         for name, spec in declared.items():  # exact dtypes of a hepfm export
             if name in targets and list(spec.get("shape", [])) == targets[name]["shape"]:
                 targets[name]["dtype"] = str(np.dtype(spec["dtype"]))
