@@ -118,6 +118,7 @@ class ModelConfig:
             num_heads=m.num_heads,
             k_neighbours=m.k_neighbours,
             feature_dropout=m.feature_dropout,
+            dropout=m.dropout,
         )
         heads = {}
         for key, h in task.heads.items():
@@ -277,8 +278,8 @@ def init_architecture(task: Task) -> Task:
     """The task with its backbone sizes taken from its ``init`` checkpoint (as ``from_pretrained`` does).
 
     When the task file (or ``--set``) names model sizes that differ, one line says so; the
-    checkpoint's architecture wins. ``feature_dropout`` (a training setting) stays the task's
-    when it gives one.
+    checkpoint's architecture wins. ``feature_dropout`` and ``dropout`` (training settings) stay the
+    task's when it gives them.
     """
     if task.init is None:
         return task
@@ -290,10 +291,11 @@ def init_architecture(task: Task) -> Task:
     path, ckpt = load_pretrained(task.init.checkpoint)
     theirs = dict(ckpt["config"].get("backbone", {}))
     sizes = ("dim", "depth", "num_heads", "k_neighbours")
-    shape = [k for k in PRESETS["tiny"].to_dict() if k not in ("feature_dropout", "dropout")]
+    training = ("feature_dropout", "dropout")
+    shape = [k for k in PRESETS["tiny"].to_dict() if k not in training]
     preset = next((n for n, c in PRESETS.items() if all(c.to_dict()[k] == theirs.get(k) for k in shape)), None)
     m = task.model
-    asked = m.model_fields_set - {"feature_dropout"}
+    asked = m.model_fields_set - set(training)
     mine = config_from_spec(m.preset, **{k: getattr(m, k) for k in sizes}).to_dict()
     differ = [k for k in shape if mine.get(k) != theirs.get(k)]
     if asked and differ:
@@ -307,8 +309,6 @@ def init_architecture(task: Task) -> Task:
     if preset is None:
         raise HepfmError(f"{path}: its backbone matches no preset ({theirs}); fine-tune it with those sizes")
     spec = {"preset": preset, **{k: theirs[k] for k in sizes}}
-    if "feature_dropout" in m.model_fields_set:
-        spec["feature_dropout"] = m.feature_dropout
-    else:
-        spec["feature_dropout"] = theirs.get("feature_dropout")
+    for key in training:
+        spec[key] = getattr(m, key) if key in m.model_fields_set else theirs.get(key)
     return task.model_copy(update={"model": type(m).model_validate(spec)})

@@ -93,6 +93,7 @@ class ModelSpec(_Strict):
     num_heads: int | None = Field(None, ge=1, le=256)
     k_neighbours: int | None = Field(None, ge=1, le=512)
     feature_dropout: float | None = Field(None, ge=0, lt=1)
+    dropout: float | None = Field(None, ge=0, lt=1, description="attention and MLP dropout (a training setting)")
 
 
 class StageSpec(_Strict):

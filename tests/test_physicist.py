@@ -153,6 +153,24 @@ def test_a_task_that_asks_for_another_preset_gets_one_clear_line(tiny_run, capsy
     assert "asks for model" in err and "takes the checkpoint's architecture" in err
 
 
+def test_a_fine_tune_keeps_its_own_dropout_and_the_checkpoints_sizes(tiny_run, capsys):
+    from hepfm import EventStore
+    from hepfm.run import ModelConfig
+    from hepfm.tasks import load_task
+    from hepfm.train import init_architecture
+
+    run, store = tiny_run
+    overrides = [f"dataset.params.path={store.path}", f"init.checkpoint={run}"]
+    task = load_task(ROOT / "tasks" / "demo_classify.yaml", [*overrides, "model.dropout=0.2"])
+    adopted = init_architecture(task)
+    assert adopted.model.preset == "tiny" and adopted.model.dropout == 0.2
+    assert "asks for model" not in capsys.readouterr().err  # a training setting, not another architecture
+    model = ModelConfig.from_task(adopted, EventStore.open(store.path)).build()
+    assert model.backbone.body[0].attn.dropout == 0.2 and model.config.to_dict()["dropout"] == 0.2
+    plain = init_architecture(load_task(ROOT / "tasks" / "demo_classify.yaml", overrides))
+    assert plain.model.dropout == 0.0  # without it, the checkpoint's (the preset's) dropout
+
+
 def test_headline_numbers_are_rounded_to_their_uncertainty():
     from hepfm._headline import format_value
 

@@ -54,6 +54,7 @@ def config_from_spec(preset: str, **overrides) -> BackboneConfig:
         "num_heads": "num_heads",
         "k_neighbours": "k_neighbours",
         "feature_dropout": "feature_dropout",
+        "dropout": "dropout",
     }
     return replace(base, **{names[k]: v for k, v in overrides.items() if v is not None and k in names})
 
