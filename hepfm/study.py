@@ -99,6 +99,7 @@ def _cell_task(task: Task, mode: str, seed: int, pretrained: Path, protocol: dic
     else:  # a random backbone has nothing to preserve: it trains at the full learning rate
         data["init"] = None
         data["train"]["backbone_lr_scale"] = 1.0
+        data["train"]["backbone_frozen_steps"] = 0
     return Task.model_validate(data)
 
 
@@ -169,6 +170,7 @@ def study(
         "val_every": f"min(train.val_every, max({MIN_VAL_EVERY}, 5 x steps per epoch))",
         "early_stopping": stopping,
         "scratch_backbone_lr_scale": 1.0,
+        "scratch_backbone_frozen_steps": 0,
     }
     spec = {"task": task.model_dump(mode="json"), "pretrained": str(pretrained), "protocol": spec_protocol}
     spec_file = out / "study.json"

@@ -122,6 +122,9 @@ class TrainSpec(_Strict):
     batch_size: int = Field(512, ge=1, le=MAX_BATCH)
     lr: float = Field(1e-3, gt=0)
     backbone_lr_scale: float = Field(1.0, ge=0)
+    backbone_frozen_steps: int = Field(
+        0, ge=0, description="steps at the start in which only the heads train (linear probe, then fine-tune)"
+    )
     weight_decay: float = Field(0.01, ge=0)
     warmup: float = Field(0.05, ge=0, lt=1, description="fraction of the steps spent warming up")
     grad_clip: float | None = Field(1.0, gt=0)

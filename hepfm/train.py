@@ -337,8 +337,9 @@ class _Trainer:
                 if hasattr(h, "set_mask_fraction"):
                     h.set_mask_fraction(ramp)
         factor = lr_factor(s.step, self.total, self.t.warmup)
+        frozen = s.step < self.t.backbone_frozen_steps  # the new heads settle before the backbone moves
         for g in self.optimizer.param_groups:
-            g["lr"] = g["base_lr"] * factor
+            g["lr"] = 0.0 if frozen and g.get("name", "").startswith("backbone") else g["base_lr"] * factor
         batch = batch.to(engine.device)
         counter = _flop_counter() if stage not in s.flops_per_event else contextlib.nullcontext()
         with counter:

@@ -213,7 +213,7 @@ def test_study_end_to_end_resumes_and_tabulates(tmp_path, cli, demo_store):
     out = tmp_path / "study"
     args = ["study", task, "--pretrained", pre, "--fractions", "1,0.5", "--seeds", 2, "--out", out]
     args += ["--max-events", 300, *TINY, "--set", f"dataset.params.path={data}", "--set", "train.max_steps=4"]
-    args += ["--set", "train.backbone_lr_scale=0.1"]
+    args += ["--set", "train.backbone_lr_scale=0.1", "--set", "train.backbone_frozen_steps=2"]
     r = cli(*args)
     assert r.exit_code == 0, r.stderr
     rows = json.loads((out / "table.json").read_text())
@@ -253,6 +253,8 @@ def test_study_end_to_end_resumes_and_tabulates(tmp_path, cli, demo_store):
     # scratch cells train the whole network at the full learning rate
     assert "backbone_lr_scale: 1.0" in (out / "cells" / "scratch-f1-s0" / "run" / "task.yaml").read_text()
     assert "backbone_lr_scale: 0.1" in (pre_cell / "run" / "task.yaml").read_text()
+    assert "backbone_frozen_steps: 0" in (out / "cells" / "scratch-f1-s0" / "run" / "task.yaml").read_text()
+    assert "backbone_frozen_steps: 2" in (pre_cell / "run" / "task.yaml").read_text()
 
 
 def test_event_purity_per_process_and_roc_against_named_backgrounds():

@@ -6,6 +6,7 @@ import sys
 import time
 
 import pytest
+import torch
 from conftest import ROOT, assert_one_line_error, run_python
 
 TINY = ["--set", "model.preset=tiny", "--wandb", "disabled"]
@@ -335,6 +336,29 @@ def test_ema_warm_up_follows_the_trained_weights(tmp_path, cli, demo_store):
     assert json.loads((tmp_path / "ft" / "eval" / "metrics.json").read_text())["weights"] == "ema"
     r = cli("evaluate", tmp_path / "ft", "--weights", "both")  # a usage error: the option lists its choices
     assert r.exit_code == 2 and "--weights" in r.stderr and "'both'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_backbone_frozen_steps_train_the_heads_first(tmp_path, cli, demo_store):
+    """train.backbone_frozen_steps: the heads move from the first step, the backbone only after."""
+    from hepfm.checkpoint import load_checkpoint
+
+    task = ROOT / "tasks" / "demo_classify.yaml"
+    common = [*TINY, "--data", demo_store.path, "--set", "train.batch_size=64", "--set", "train.val_batches=1"]
+    r = cli("finetune", task, "--out", tmp_path / "pre", *common, "--set", "train.max_steps=2")
+    assert r.exit_code == 0, r.stderr
+    start = load_checkpoint(tmp_path / "pre" / "checkpoints" / "best.safetensors")["ema"]
+    moved = {}
+    for frozen in (3, 0):
+        out = tmp_path / f"ft{frozen}"
+        args = ["--init", tmp_path / "pre", "--set", "train.max_steps=3"]
+        args += ["--set", f"train.backbone_frozen_steps={frozen}"]
+        r = cli("finetune", task, "--out", out, *common, *args)
+        assert r.exit_code == 0, r.stderr
+        end = load_checkpoint(out / "checkpoints" / "last.safetensors")["model"]
+        moved[frozen] = _distance(_backbone(end), _backbone(start))
+        heads = [k for k in end if k.startswith("heads.") and k in start]
+        assert heads and any(not torch.equal(end[k], start[k]) for k in heads)  # the heads trained
+    assert moved[3] == 0 and moved[0] > 0, moved
 
 
 def test_early_stopping_stops_a_stalled_run_and_keeps_patience_across_resume(tmp_path, cli, demo_store):
