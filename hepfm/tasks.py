@@ -123,7 +123,10 @@ class TrainSpec(_Strict):
     lr: float = Field(1e-3, gt=0)
     backbone_lr_scale: float = Field(1.0, ge=0)
     backbone_frozen_steps: int = Field(
-        0, ge=0, description="steps at the start in which only the heads train (linear probe, then fine-tune)"
+        0,
+        ge=0,
+        description="steps at the start in which only the heads train (linear probe, then fine-tune); early "
+        "stopping's patience counts from the step after",
     )
     weight_decay: float = Field(0.01, ge=0)
     warmup: float = Field(0.05, ge=0, lt=1, description="fraction of the steps spent warming up")

@@ -384,7 +384,7 @@ class _Trainer:
         improved = final_stage and (s.best_val is None or val["total"] < s.best_val - min_delta)
         if improved:
             s.best_val, s.best_step, s.stalled = val["total"], s.step, 0
-        elif final_stage:
+        elif final_stage and s.step > t.backbone_frozen_steps:  # patience counts once the backbone trains
             s.stalled += 1
         # every rank validates the same events, so every rank decides to stop alike
         s.stopped_early = t.early_stopping is not None and s.stalled >= t.early_stopping.patience

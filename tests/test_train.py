@@ -360,6 +360,14 @@ def test_backbone_frozen_steps_train_the_heads_first(tmp_path, cli, demo_store):
         assert heads and any(not torch.equal(end[k], start[k]) for k in heads)  # the heads trained
     assert moved[3] == 0 and moved[0] > 0, moved
 
+    # early stopping's patience counts only once the backbone trains (no round improves past step 1 here)
+    stop = ["--set", "train.val_every=1", "--set", "train.early_stopping={patience: 1, min_delta: 1.0e9}"]
+    stop += ["--init", tmp_path / "pre", "--set", "train.backbone_frozen_steps=3", "--set", "train.max_steps=8"]
+    r = cli("finetune", task, "--out", tmp_path / "es", *common, *stop)
+    assert r.exit_code == 0, r.stderr
+    summary = json.loads((tmp_path / "es" / "train_summary.json").read_text())
+    assert summary["stopped_early"] and summary["steps"] == 4, summary  # frozen for steps 1-3, stalled at 4
+
 
 def test_early_stopping_stops_a_stalled_run_and_keeps_patience_across_resume(tmp_path, cli, demo_store):
     task = ROOT / "tasks" / "demo_classify.yaml"
