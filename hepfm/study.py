@@ -178,7 +178,7 @@ def study(
     if spec_file.is_file():
         old = json.loads(spec_file.read_text())
         cells_record = old.pop("cells", {})
-        if old != spec:
+        if _as_read_now(old) != spec:
             raise HepfmError(
                 f"{spec_file}: this folder holds a study of another task, pretrained run or protocol; "
                 "choose another --out"
@@ -214,6 +214,29 @@ def study(
     rows = study_table(out, task, fractions, seeds, modes, n_train, pretraining_compute(pretrained), passing)
     plots = _plot(out, task, rows)
     return StudyResult(out, rows, plots)
+
+
+#: Protocol keys added after PROTOCOL_VERSION 3 was written, with the value older studies had.
+_PROTOCOL_KEYS_ADDED = {"scratch_backbone_frozen_steps": 0}
+
+
+def _as_read_now(spec: dict[str, Any]) -> dict[str, Any]:
+    """A study.json spec (without cells) as this version writes it, so an older study continues.
+
+    Task fields added since the study was written take their defaults, which reproduce what the
+    older code did (e.g. ``model.dropout``, ``train.backbone_frozen_steps``); so do protocol keys
+    added under the same protocol version. A task that no longer validates is returned as it was,
+    and so compares as another task.
+    """
+    spec = dict(spec)
+    try:
+        spec["task"] = Task.model_validate(spec.get("task")).model_dump(mode="json")
+    except ValueError:  # pydantic's ValidationError: a field that no longer exists
+        return spec
+    protocol = spec.get("protocol")
+    if isinstance(protocol, dict) and protocol.get("version") == PROTOCOL_VERSION:
+        spec["protocol"] = {**_PROTOCOL_KEYS_ADDED, **protocol}
+    return spec
 
 
 def _cell_val_every(task: Task, n_train: int) -> int:

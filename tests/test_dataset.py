@@ -90,12 +90,10 @@ def test_dataset_paths_globs_folders_and_refusals(two_stores, tmp_path, cli):
     assert open_data(str(folder / "*.zarr")).sources == open_data([a.path, b.path]).sources
     assert open_data(folder).n_events == 5100  # a folder of stores
     assert isinstance(open_data(a.path), EventStore)  # one store is the store itself
-    other = generate_store({"toy_signal": 1.0}, 600, tmp_path / "other.zarr", seed=4, chunk_events=300)
     small = EventSchema(max_objects=12)
     narrow = generate_store(MIX, 600, tmp_path / "narrow.zarr", seed=4, chunk_events=300, schema=small)
     task = ROOT / "tasks" / "demo_classify.yaml"
     cases = [
-        ([a.path, other.path], ("other.zarr", "'processes'")),
         ([a.path, narrow.path], ("narrow.zarr", "'schema'")),
         ([a.path, a.path], ("a.zarr", "listed twice")),
         ([tmp_path / "nothing*.zarr"], ("nothing*.zarr", "no event store matches")),
@@ -107,6 +105,24 @@ def test_dataset_paths_globs_folders_and_refusals(two_stores, tmp_path, cli):
         r = cli("finetune", task, *args, "--out", tmp_path / "run", "--set", "model.preset=tiny")
         assert_one_line_error(r, *needles)
         assert not (tmp_path / "run").exists()
+
+
+def test_stores_of_different_processes_read_as_one_numbering(two_stores, tmp_path):
+    """One store per sample: the dataset's processes are their union, labels renumbered into it."""
+    a, _ = two_stores
+    bkg = generate_store({"toy_background": 1.0}, 600, tmp_path / "bkg.zarr", seed=4, chunk_events=300)
+    assert bkg.processes == ["toy_background"] and a.processes.index("toy_background") == 1
+    ds = open_data([bkg.path, a.path])  # the first store's processes come first
+    assert ds.processes == ["toy_background", "toy_signal"]
+    own = a.read(0, a.n_events, ["targets/process"])["targets/process"]
+    labels = ds.read(0, ds.n_events, ["targets/process"])["targets/process"]
+    assert (labels[:600] == 0).all() and labels.dtype == own.dtype
+    names = np.array(a.processes)[own]  # every event keeps its process name
+    assert (np.array(ds.processes)[labels[600:]] == names).all() and (labels[600:] != own).any()
+    chunks = np.concatenate([c["targets/process"] for c in ds.iter_chunks(["targets/process"])])
+    np.testing.assert_array_equal(chunks, labels)
+    # the store's own attribute is left as it was
+    assert a.processes == ["toy_signal", "toy_background"] and bkg.read(0, 5)["targets/process"].max() == 0
 
 
 def test_training_on_a_glob_of_stores_and_embedding_it(two_stores, tmp_path, cli):

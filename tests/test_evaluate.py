@@ -247,7 +247,14 @@ def test_study_end_to_end_resumes_and_tabulates(tmp_path, cli, demo_store):
     code = "import json,sys; print(len(json.load(open(sys.argv[1]))))"
     assert int(run_python(code, out / "table.json").stdout) == len(rows)
 
-    # another task in the same folder is refused in one line
+    # a study written before a task field or protocol key existed continues (the field's default
+    # is what the older code did); another task in the same folder is refused in one line
+    older = json.loads((out / "study.json").read_text())
+    del older["task"]["model"]["dropout"], older["protocol"]["scratch_backbone_frozen_steps"]
+    (out / "study.json").write_text(json.dumps(older))
+    r = cli(*args)
+    assert r.exit_code == 0, r.stderr
+    assert r.stderr.count("finished, kept") == 8
     other = [a if a != "train.max_steps=4" else "train.max_steps=5" for a in args]
     assert_one_line_error(cli(*other), "study.json", "another task")
     # scratch cells train the whole network at the full learning rate

@@ -15,14 +15,21 @@ of the dataset is the union of the stores' splits, so an event's split never dep
 stores are listed, on the number of loader workers or on the number of ranks. The loader deals the
 union's chunk-aligned segments to ranks and workers exactly as for one store.
 
-Every store must have the same schema, targets, processes and topology; anything else is refused
-with one line naming the store and the attribute. The normalisation statistics of the dataset are
-the stores' streaming moments merged exactly (Chan et al.), the same figures one store holding all
-the events would carry, up to floating-point rounding.
+Every store must have the same schema and targets, and topologies that agree on every key they
+both have (a store written by an older hepfm may lack a newer descriptive key, such as
+``truth_masses``); anything else is refused with one line naming the store and the attribute.
+Stores may hold different processes (one store per sample, as generated or converted): the
+dataset's ``processes`` are all of them in order of first appearance, and each store's process
+labels are renumbered into that list as they are read.
+
+The normalisation statistics of the dataset are the stores' streaming moments merged exactly
+(Chan et al.), the same figures one store holding all the events would carry, up to floating-point
+rounding.
 """
 
 from __future__ import annotations
 
+import copy
 import glob
 import json
 import os
@@ -117,6 +124,20 @@ def open_data(
     return stores[0] if len(stores) == 1 else EventDataset(stores)
 
 
+def _merge_agreeing(into: dict[str, Any], other: dict[str, Any], prefix: str = "") -> str | None:
+    """Merge ``other`` into ``into`` where they agree; the dotted key of the first conflict, else None."""
+    for key, value in other.items():
+        if key not in into:
+            into[key] = copy.deepcopy(value)  # never alias a store's own attribute
+        elif isinstance(into[key], dict) and isinstance(value, dict):
+            conflict = _merge_agreeing(into[key], value, f"{prefix}{key}.")
+            if conflict:
+                return conflict
+        elif into[key] != value:
+            return f"{prefix}{key}"
+    return None
+
+
 class EventDataset(WithStats):
     """Several complete event stores read as one (see the module docstring).
 
@@ -140,14 +161,34 @@ class EventDataset(WithStats):
                     f"{store.path}: attribute 'schema' differs from {first.path}'s: {'; '.join(diff)}; "
                     f"a dataset's stores share one schema"
                 )
-            for key in ("targets", "processes", "topology"):
+            shared = ("targets",) if store.processes and first.processes else ("targets", "processes")
+            for key in shared:
                 if getattr(store, key) != getattr(first, key):
                     raise StoreError(
                         f"{store.path}: attribute '{key}' differs from {first.path}'s "
                         f"({getattr(store, key)} vs {getattr(first, key)}); a dataset's stores share it"
                     )
+        topology: dict[str, Any] = {}
+        for store in stores:
+            conflict = _merge_agreeing(topology, store.topology)
+            if conflict:
+                raise StoreError(
+                    f"{store.path}: attribute 'topology.{conflict}' differs from {first.path}'s; "
+                    f"a dataset's stores share their topology"
+                )
         self.schema = first.schema
-        self.processes, self.targets, self.topology = first.processes, first.targets, first.topology
+        self.targets, self.topology = first.targets, topology
+        # the processes of all stores, in order of first appearance; each store's labels are
+        # renumbered into this list as they are read (None: the store's own numbering already is)
+        self.processes = list(first.processes)
+        for store in stores[1:]:
+            self.processes += [p for p in store.processes if p not in self.processes]
+        self._relabel = [
+            None
+            if s.processes == self.processes[: len(s.processes)]
+            else np.array([self.processes.index(p) for p in s.processes], dtype=np.int64)
+            for s in stores
+        ]
         self.offsets = np.cumsum([0, *(s.n_events for s in stores)]).tolist()
         self.n_events = int(self.offsets[-1])
         self.chunk_events = min(s.chunk_events for s in stores)
@@ -208,15 +249,23 @@ class EventDataset(WithStats):
 
     def read(self, start: int, stop: int, names: list[str] | None = None) -> dict[str, np.ndarray]:
         """Dataset events [start, stop) of the named arrays, as numpy (may span stores)."""
-        parts = [self.stores[i].read(a, b, names) for i, a, b in self._locate(start, stop)]
+        parts = [self._labelled(i, self.stores[i].read(a, b, names)) for i, a, b in self._locate(start, stop)]
         if len(parts) == 1:
             return parts[0]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def iter_chunks(self, names: list[str] | None = None) -> Iterator[dict[str, np.ndarray]]:
         """Every chunk of every store, in order."""
-        for store in self.stores:
-            yield from store.iter_chunks(names)
+        for i, store in enumerate(self.stores):
+            for chunk in store.iter_chunks(names):
+                yield self._labelled(i, chunk)
+
+    def _labelled(self, i: int, part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Store ``i``'s process labels renumbered into the dataset's ``processes``."""
+        relabel, labels = self._relabel[i], part.get("targets/process")
+        if relabel is not None and labels is not None:
+            part["targets/process"] = relabel[labels].astype(labels.dtype)
+        return part
 
     def __len__(self) -> int:
         return self.n_events
