@@ -8,7 +8,9 @@ Reads the pairing of b(t) and b(tbar) directly off a pretrained run's segmentati
 For every event, the score of object n for segment class c is the largest, over the head's
 queries, of P(query is class c) x mask(query, n); the two distinct jets that maximise
 score_t x score_tbar are the pairing. It is scored as ``pairing/eff_matchable`` is: over the events
-whose two b quarks are both matched to jets. Docs: docs/pretraining.md, section 8.
+whose two b quarks are both matched to jets. A run pretrained with an ``assignment`` head of the
+task's own resonances (t: [b], tbar: [b]) has that head's pairing printed beside it. Docs:
+docs/pretraining.md, section 8.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ T, TBAR = 0, 1  # segment classes of the pretraining task (tasks/pretrain.yaml)
 T_B, TBAR_B = 0, 4  # slots t_b and tbar_b of the generator's assignment target
 
 
-def segmentation_pairing(run: str, data: str, task_file: str = "tasks/qe_ttbar.yaml") -> tuple[float, int]:
-    """Pairing efficiency over matchable test events, and their number."""
+def segmentation_pairing(run: str, data: str, task_file: str = "tasks/qe_ttbar.yaml") -> dict[str, float]:
+    """Pairing efficiency over matchable test events, per head that pairs, and their number ``n``."""
     task = load_task(task_file)
     model = Run(run).load_model("best", None)
     store = open_data(data, schema=model.schema)
@@ -43,11 +45,20 @@ def segmentation_pairing(run: str, data: str, task_file: str = "tasks/qe_ttbar.y
     best = pair.reshape(len(pair), -1).argmax(-1)
     truth = ev.targets["assignment"]
     matchable = (truth[:, T_B] >= 0) & (truth[:, TBAR_B] >= 0)
-    right = (best // n == truth[:, T_B]) & (best % n == truth[:, TBAR_B])
-    return float(right[matchable].mean()), int(matchable.sum())
+    picks = {"segmentation": (best // n, best % n)}
+    if "assignment" in ev.outputs:  # the run's own assignment head, if it pretrained one
+        assigned = ev.outputs["assignment"]["assignment"]
+        picks["assignment"] = (assigned[:, T_B], assigned[:, TBAR_B])
+    result = {"n": float(matchable.sum())}
+    for head, (bt, btbar) in picks.items():
+        right = (bt == truth[:, T_B]) & (btbar == truth[:, TBAR_B])
+        result[head] = float(right[matchable].mean())
+    return result
 
 
 if __name__ == "__main__":
-    eff, k = segmentation_pairing(*sys.argv[1:4])
-    error = np.sqrt(eff * (1 - eff) / k)
-    print(f"{sys.argv[1]}: pairing from the segmentation head {eff:.3f} +- {error:.3f} ({k} events)")
+    result = segmentation_pairing(*sys.argv[1:4])
+    k = result.pop("n")
+    for head, eff in result.items():
+        error = np.sqrt(eff * (1 - eff) / k)
+        print(f"{sys.argv[1]}: pairing from the {head} head {eff:.3f} +- {error:.3f} ({k:.0f} events)")
