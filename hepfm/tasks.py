@@ -223,7 +223,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Set dotted keys in a raw task mapping (before validation, so validation covers them).
 
-    A numeric part indexes a list: ``train.stages.0.mask_fraction=[0.5,0.5]``.
+    A numeric part indexes a list: ``train.stages.0.mask_fraction=[0.5,0.5]``. A head set to null
+    is removed: ``heads.assignment=null`` trains without the task's ``assignment`` head.
     """
     for text in overrides:
         path, value = parse_override(text)
@@ -240,7 +241,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 continue
             if not isinstance(node, dict):
                 raise TaskError([f"--set {text}: '{path[depth - 1]}' is not a mapping"])
-            if last:
+            if last and value is None and path[:-1] == ["heads"]:
+                node.pop(part, None)
+            elif last:
                 node[part] = value
             else:
                 if node.get(part) is None:

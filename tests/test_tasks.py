@@ -51,6 +51,11 @@ def test_overrides_are_typed_and_validated(tmp_path):
     assert load_task(pre, ["train.stages.0.mask_fraction=[0.5,0.5]"]).train.stages[0].mask_fraction == (0.5, 0.5)
     with pytest.raises(TaskError, match="not an index of a 2-element list"):
         load_task(pre, ["train.stages.2.heads=[visible]"])
+    # a head set to null is removed (the pretraining recipe without its assignment head)
+    assert "assignment" in load_task(pre).heads
+    without = load_task(pre, ["heads.assignment=null"]).heads
+    assert sorted(without) == ["neutrinos", "process", "segmentation", "visible"]
+    assert load_task(pre, ["train.grad_clip=null"]).train.grad_clip is None  # elsewhere null stays a value
 
 
 def test_all_errors_reported_at_once_with_lines(tmp_path):
