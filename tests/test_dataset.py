@@ -16,6 +16,7 @@ import pytest
 from conftest import ROOT, assert_one_line_error
 from test_convert import PARQUET_MAP, parquet_table
 
+from hepfm import StoreError
 from hepfm.generate import generate_store
 from hepfm.schema import EventSchema
 from hepfm.shards import merge_stores
@@ -123,6 +124,19 @@ def test_stores_of_different_processes_read_as_one_numbering(two_stores, tmp_pat
     np.testing.assert_array_equal(chunks, labels)
     # the store's own attribute is left as it was
     assert a.processes == ["toy_signal", "toy_background"] and bkg.read(0, 5)["targets/process"].max() == 0
+
+
+def test_topologies_merge_where_they_agree_and_a_conflict_names_its_key(two_stores):
+    """A store written by an older hepfm lacks newer descriptive keys; a real conflict is one line."""
+    a, b = (EventStore.open(s.path) for s in two_stores)
+    a.topology = {"assignment": {"slots": ["t_b", "tbar_b"]}}
+    b.topology = {"assignment": {"slots": ["t_b", "tbar_b"], "truth_masses": {"mass_lb": [0, 250]}}}
+    ds = EventDataset([a, b])
+    assert ds.topology == {"assignment": {"slots": ["t_b", "tbar_b"], "truth_masses": {"mass_lb": [0, 250]}}}
+    assert a.topology == {"assignment": {"slots": ["t_b", "tbar_b"]}}  # the store's own is not touched
+    b.topology = {"assignment": {"slots": ["tbar_b", "t_b"]}}
+    with pytest.raises(StoreError, match=r"b.zarr: attribute 'topology.assignment.slots' differs from .*a.zarr"):
+        EventDataset([a, b])
 
 
 def test_training_on_a_glob_of_stores_and_embedding_it(two_stores, tmp_path, cli):
