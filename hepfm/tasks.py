@@ -242,7 +242,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(node, dict):
                 raise TaskError([f"--set {text}: '{path[depth - 1]}' is not a mapping"])
             if last and value is None and path[:-1] == ["heads"]:
-                node.pop(part, None)
+                if part not in node:
+                    known = ", ".join(node) or "none"
+                    raise TaskError([f"--set {text}: the task has no head '{part}'; it has {known}"])
+                del node[part]
             elif last:
                 node[part] = value
             else:

@@ -56,6 +56,8 @@ def test_overrides_are_typed_and_validated(tmp_path):
     without = load_task(pre, ["heads.assignment=null"]).heads
     assert sorted(without) == ["neutrinos", "process", "segmentation", "visible"]
     assert load_task(pre, ["train.grad_clip=null"]).train.grad_clip is None  # elsewhere null stays a value
+    with pytest.raises(TaskError, match="the task has no head 'assignmnt'; it has visible, process"):
+        load_task(pre, ["heads.assignmnt=null"])
 
 
 def test_all_errors_reported_at_once_with_lines(tmp_path):
